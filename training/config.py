@@ -1,0 +1,26 @@
+"""Where things live and which parameters apply: environment variables over params.yaml over defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROJECT_ROOT = Path(os.environ.get("INVOICE_PROJECT_ROOT", Path(__file__).resolve().parents[1]))
+
+
+def params_path() -> Path:
+    """`INVOICE_PARAMS`, else `params.yaml` in the working directory, else the project's own."""
+    if "INVOICE_PARAMS" in os.environ:
+        return Path(os.environ["INVOICE_PARAMS"])
+    local = Path.cwd() / "params.yaml"
+    return local if local.exists() else PROJECT_ROOT / "params.yaml"
+
+
+def load_params(section: str | None = None) -> dict[str, Any]:
+    """The parameters DVC tracks (params.yaml), whole or one section."""
+    path = params_path()
+    params = yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else {}
+    return params.get(section, {}) if section else params
