@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from training.config import load_params
+from training.schema import REQUIRED_FIELDS
 
 app = typer.Typer(help="Invoice extraction platform: data, model, gate and serving stages.", no_args_is_help=True)
 data_app = typer.Typer(help="Labeled data: generate, import, validate, version.", no_args_is_help=True)
@@ -101,7 +102,8 @@ def import_label_studio_cmd(
     """Import reviewers' corrections from a Label Studio export; malformed tasks are set aside with a reason."""
     from training.data import import_label_studio
 
-    _report_import(import_label_studio(export, images_root, out, split), out)
+    required = load_params("validate").get("required_fields") or REQUIRED_FIELDS
+    _report_import(import_label_studio(export, images_root, out, split, required=required), out)
 
 
 @data_app.command("validate")
@@ -115,13 +117,10 @@ def validate(
 
     report = validate_dataset(dataset, Rules.from_params(load_params("validate")))
     json_path, html_path = write_report(report, dataset, report_dir)
-    table = Table(title=f"{dataset}: {report.documents} documents, {report.line_items} line items")
-    for column in ("rule", "file", "reason"):
-        table.add_column(column)
+    # One plain line per failure, never wrapped, so that logs can be grepped for a file or a rule.
     for failure in report.failures[:50]:
-        table.add_row(failure.rule, failure.file, failure.detail)
+        print(f"FAIL {failure.rule} {failure.file}: {failure.detail}", file=sys.stderr)
     if report.failures:
-        console.print(table)
         more = len(report.failures) - 50
         console.print(f"[red]FAILED[/]: {len(report.failures)} problem(s){f' ({more} more in the report)' if more > 0 else ''}")
     else:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
-from training.schema import FIELDS, LabelError, normalize_label
+from training.schema import FIELDS, REQUIRED_FIELDS, LabelError, normalize_label
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 METADATA = "metadata.jsonl"
@@ -272,7 +272,7 @@ def annotation_fields(annotation: dict[str, Any]) -> dict[str, Any]:
 
 
 def import_label_studio(export: Path, images_root: Path, dataset_dir: Path, split: str = "train",
-                        required: Iterable[str] = ("vendor_name", "total")) -> ImportReport:
+                        required: Iterable[str] = REQUIRED_FIELDS) -> ImportReport:
     """Import reviewed tasks from a Label Studio JSON export; malformed ones are rejected with their reason.
 
     The document id is `data.doc_id` when the task carries one (the processing DAG sets it to the file's
@@ -286,7 +286,7 @@ def import_label_studio(export: Path, images_root: Path, dataset_dir: Path, spli
         raise DatasetError(f"{export}: a Label Studio JSON export is a list of tasks")
     accepted, rejected = [], []
     for position, task in enumerate(tasks):
-        task_ref = f"task {task.get('id', position) if isinstance(task, dict) else position}"
+        task_ref = f"task {task['id']}" if isinstance(task, dict) and "id" in task else f"item {position}"
         try:
             if not isinstance(task, dict):
                 raise DatasetError("task is not an object")

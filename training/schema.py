@@ -25,6 +25,8 @@ SCALAR_FIELDS: tuple[str, ...] = (
 )
 LINE_ITEM_FIELDS: tuple[str, ...] = ("description", "quantity", "unit_price", "amount")
 FIELDS: tuple[str, ...] = (*SCALAR_FIELDS, "line_items")
+# What a label must have to be worth training on: every real source labels at least these.
+REQUIRED_FIELDS: tuple[str, ...] = ("vendor_name", "invoice_date", "total")
 DATE_FIELDS: tuple[str, ...] = ("invoice_date", "due_date")
 MONEY_FIELDS: tuple[str, ...] = ("subtotal", "tax", "total")
 LINE_NUMBER_FIELDS: tuple[str, ...] = ("quantity", "unit_price", "amount")
@@ -41,7 +43,7 @@ ISO_4217: frozenset[str] = frozenset(
 )
 
 MONEY_PATTERN = r"^-?\d+\.\d{2}$"
-DECIMAL_PATTERN = r"^-?\d+(\.\d+)?$"
+DECIMAL_PATTERN = r"^-?\d+(?:\.\d+)?$"
 ISO_DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
 CENT = Decimal("0.01")
 

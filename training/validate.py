@@ -28,6 +28,7 @@ from training.schema import (
     LINE_ITEM_FIELDS,
     MONEY_FIELDS,
     MONEY_PATTERN,
+    REQUIRED_FIELDS,
     SCALAR_FIELDS,
     arithmetic_problems,
 )
@@ -37,7 +38,7 @@ from training.schema import (
 class Rules:
     """Thresholds of the suite (params.yaml `validate:`)."""
 
-    required_fields: tuple[str, ...] = ("vendor_name", "invoice_date", "total")
+    required_fields: tuple[str, ...] = REQUIRED_FIELDS
     min_side_px: int = 200
     max_side_px: int = 10_000
     max_pixels: int = 40_000_000

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import random
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,7 +86,10 @@ def _write_one(args: tuple[GeneratorConfig, int, Path]) -> tuple[str, Record]:
     meta = dict(invoice.meta)
     if random.Random(f"{config.seed}:{index}:pdf").random() < config.pdf_share:
         pdf_name = invoice.doc_id + ".pdf"
-        invoice.image.save(out_dir / split / pdf_name, "PDF", resolution=config.dpi)
+        # Dated by the invoice, not the clock, so that the PDF bytes are reproducible.
+        issued = time.strptime(invoice.label["invoice_date"], "%Y-%m-%d")
+        invoice.image.save(out_dir / split / pdf_name, "PDF", resolution=config.dpi, title=invoice.doc_id,
+                           creationDate=issued, modDate=issued)
         meta["pdf"] = pdf_name
     return split, Record(file_name=file_name, gt_parse=invoice.label, meta=meta)
 
