@@ -146,17 +146,18 @@ def upsert(dataset_dir: Path, split: str, new: list[tuple[Record, Path]]) -> dic
 def merge_dataset(source_dir: Path, dataset_dir: Path, replace_source: str | None = None) -> dict[str, int]:
     """Upsert every document of another Donut dataset into `dataset_dir`, keeping each in its split.
 
-    With `replace_source`, documents of that `meta.source` which the other dataset no longer has are removed
-    first, so regenerating the synthetic part with new parameters leaves no stale invoices behind.
+    With `replace_source`, documents of that `meta.source` which the other dataset no longer has (in the same
+    split) are removed first, so regenerating the synthetic part with new parameters leaves nothing stale.
     """
     source_dir, dataset_dir = Path(source_dir), Path(dataset_dir)
     incoming = {s: read_split(source_dir / s) for s in SPLITS}
-    keep = {record.doc_id for records in incoming.values() for record in records}
+    keep = {(split, record.doc_id) for split, records in incoming.items() for record in records}
     counts = {"added": 0, "updated": 0, "unchanged": 0, "removed": 0}
     if replace_source:
         for split in SPLITS:
             records = read_split(dataset_dir / split)
-            stale = [r for r in records if r.meta.get("source") == replace_source and r.doc_id not in keep]
+            # Documents of that source follow the source's split assignment too.
+            stale = [r for r in records if r.meta.get("source") == replace_source and (split, r.doc_id) not in keep]
             for record in stale:
                 for name in (record.file_name, record.meta.get("pdf")):
                     if name:
