@@ -42,5 +42,7 @@ def dataset(generated: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def realdata() -> Path:
-    assert (REALDATA / "sroie" / "labels.jsonl").exists(), f"the real-invoice sample is expected at {REALDATA}"
+    assert (REALDATA / "sroie" / "labels.jsonl").exists(), (
+        f"the real-invoice sample is expected at {REALDATA}"
+    )
     return REALDATA

@@ -14,7 +14,9 @@ from rich.console import Console
 from training.config import load_params
 from training.schema import REQUIRED_FIELDS
 
-app = typer.Typer(help="Invoice extraction platform: data, model, gate and serving stages.", no_args_is_help=True)
+app = typer.Typer(
+    help="Invoice extraction platform: data, model, gate and serving stages.", no_args_is_help=True
+)
 data_app = typer.Typer(help="Labeled data: generate, import, validate, version.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 console = Console(stderr=True)
@@ -28,7 +30,9 @@ def _print_json(payload: object) -> None:
 @data_app.command("generate")
 def generate(
     out: Annotated[Path, typer.Option(help="Dataset folder to (re)write.")] = Path("var/synthetic"),
-    n: Annotated[int | None, typer.Option(help="Number of invoices (default: params.yaml data.n_invoices).")] = None,
+    n: Annotated[
+        int | None, typer.Option(help="Number of invoices (default: params.yaml data.n_invoices).")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (default: params.yaml data.seed).")] = None,
     layouts: Annotated[str | None, typer.Option(help="Comma-separated layout families to draw from.")] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: all cores).")] = None,
@@ -40,7 +44,9 @@ def generate(
     config = GeneratorConfig(
         n=n if n is not None else params.get("n_invoices", 1000),
         seed=seed if seed is not None else params.get("seed", 0),
-        layouts=tuple(layouts.split(",")) if layouts else tuple(params.get("layouts") or GeneratorConfig(1).layouts),
+        layouts=tuple(layouts.split(","))
+        if layouts
+        else tuple(params.get("layouts") or GeneratorConfig(1).layouts),
         dpi=params.get("dpi", 120),
         degrade_share=params.get("degrade_share", 0.5),
         pdf_share=params.get("pdf_share", 0.1),
@@ -49,8 +55,10 @@ def generate(
     started = time.perf_counter()
     summary = generate_dataset(config, out, workers=workers)
     elapsed = time.perf_counter() - started
-    console.print(f"[green]wrote {summary['n']} invoices to {out}[/] in {elapsed:.1f} s "
-                  f"({summary['n'] / elapsed:.1f} pages/s): {summary['splits']}")
+    console.print(
+        f"[green]wrote {summary['n']} invoices to {out}[/] in {elapsed:.1f} s "
+        f"({summary['n'] / elapsed:.1f} pages/s): {summary['splits']}"
+    )
     _print_json({**summary, "seconds": round(elapsed, 2)})
 
 
@@ -58,7 +66,9 @@ def generate(
 def merge(
     source: Annotated[Path, typer.Argument(help="A Donut-layout dataset to merge in.")],
     out: Annotated[Path, typer.Option(help="The labeled dataset to update.")] = Path("data"),
-    replace_source: Annotated[str | None, typer.Option(help="Drop documents of this meta.source that SOURCE lacks.")] = None,
+    replace_source: Annotated[
+        str | None, typer.Option(help="Drop documents of this meta.source that SOURCE lacks.")
+    ] = None,
 ) -> None:
     """Upsert another dataset's documents into the labeled dataset (idempotent)."""
     from training.data import merge_dataset
@@ -110,7 +120,8 @@ def import_label_studio_cmd(
 def validate(
     dataset: Annotated[Path, typer.Argument(help="Dataset folder in Donut's layout.")] = Path("data"),
     report_dir: Annotated[Path, typer.Option(help="Where validation.json and validation.html go.")] = Path(
-        "var/reports/validation"),
+        "var/reports/validation"
+    ),
 ) -> None:
     """Run the Great Expectations suite; exits 1 and names each failing file and rule."""
     from training.validate import Rules, validate_dataset, write_report
@@ -122,7 +133,9 @@ def validate(
         print(f"FAIL {failure.rule} {failure.file}: {failure.detail}", file=sys.stderr)
     if report.failures:
         more = len(report.failures) - 50
-        console.print(f"[red]FAILED[/]: {len(report.failures)} problem(s){f' ({more} more in the report)' if more > 0 else ''}")
+        console.print(
+            f"[red]FAILED[/]: {len(report.failures)} problem(s){f' ({more} more in the report)' if more > 0 else ''}"
+        )
     else:
         console.print(f"[green]PASSED[/]: {report.documents} documents, {len(report.rules)} rules")
     console.print(f"report: {html_path} and {json_path}")

@@ -38,7 +38,10 @@ class Record:
         return Path(self.file_name).stem
 
     def to_json(self) -> str:
-        line = {"file_name": self.file_name, "ground_truth": json.dumps({"gt_parse": self.gt_parse}, ensure_ascii=False)}
+        line = {
+            "file_name": self.file_name,
+            "ground_truth": json.dumps({"gt_parse": self.gt_parse}, ensure_ascii=False),
+        }
         if self.meta:
             line["meta"] = self.meta
         return json.dumps(line, ensure_ascii=False, sort_keys=True)
@@ -50,7 +53,11 @@ class Record:
             raw = json.loads(line)
         except json.JSONDecodeError as error:
             raise DatasetError(f"not JSON: {error}") from error
-        if not isinstance(raw, dict) or not isinstance(raw.get("file_name"), str) or "ground_truth" not in raw:
+        if (
+            not isinstance(raw, dict)
+            or not isinstance(raw.get("file_name"), str)
+            or "ground_truth" not in raw
+        ):
             raise DatasetError("needs a string 'file_name' and a 'ground_truth'")
         truth = raw["ground_truth"]
         try:
@@ -157,7 +164,9 @@ def merge_dataset(source_dir: Path, dataset_dir: Path, replace_source: str | Non
         for split in SPLITS:
             records = read_split(dataset_dir / split)
             # Documents of that source follow the source's split assignment too.
-            stale = [r for r in records if r.meta.get("source") == replace_source and (split, r.doc_id) not in keep]
+            stale = [
+                r for r in records if r.meta.get("source") == replace_source and (split, r.doc_id) not in keep
+            ]
             for record in stale:
                 for name in (record.file_name, record.meta.get("pdf")):
                     if name:
@@ -167,7 +176,9 @@ def merge_dataset(source_dir: Path, dataset_dir: Path, replace_source: str | Non
             counts["removed"] += len(stale)
     for split, records in incoming.items():
         if records:
-            for key, value in upsert(dataset_dir, split, [(r, source_dir / split / r.file_name) for r in records]).items():
+            for key, value in upsert(
+                dataset_dir, split, [(r, source_dir / split / r.file_name) for r in records]
+            ).items():
                 counts[key] += value
     for split in SPLITS:
         if not (dataset_dir / split / METADATA).exists():
@@ -209,7 +220,11 @@ def import_labels_folder(source: Path, dataset_dir: Path, split: str = "test") -
             rejected.append({"item": f"{labels.name}:{number}", "reason": f"{type(error).__name__}: {error}"})
             continue
         doc_id = f"{raw.get('source', source.name)}-{raw.get('id', image.stem)}"
-        meta = {"source": raw.get("source", source.name), "doc_type": raw.get("doc_type"), "origin_id": raw.get("id")}
+        meta = {
+            "source": raw.get("source", source.name),
+            "doc_type": raw.get("doc_type"),
+            "origin_id": raw.get("id"),
+        }
         accepted.append((Record(doc_id + image.suffix.lower(), label, meta), image))
     return ImportReport(upsert(dataset_dir, split, accepted) if accepted else {}, rejected)
 
@@ -235,7 +250,9 @@ def _latest_annotation(task: dict[str, Any]) -> dict[str, Any]:
     annotations = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
     if not annotations:
         raise DatasetError("task has no completed annotation")
-    return max(annotations, key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""), a.get("id", 0)))
+    return max(
+        annotations, key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""), a.get("id", 0))
+    )
 
 
 def _parse_line_items(text: str) -> list[dict[str, str | None]]:
@@ -250,7 +267,9 @@ def _parse_line_items(text: str) -> list[dict[str, str | None]]:
     for row in filter(str.strip, text.splitlines()):
         cells = [c.strip() or None for c in row.split("|")]
         if len(cells) != 4:
-            raise DatasetError(f"line item row {row!r} needs 4 cells: description | quantity | unit_price | amount")
+            raise DatasetError(
+                f"line item row {row!r} needs 4 cells: description | quantity | unit_price | amount"
+            )
         items.append(dict(zip(("description", "quantity", "unit_price", "amount"), cells, strict=True)))
     return items
 
@@ -272,8 +291,13 @@ def annotation_fields(annotation: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def import_label_studio(export: Path, images_root: Path, dataset_dir: Path, split: str = "train",
-                        required: Iterable[str] = REQUIRED_FIELDS) -> ImportReport:
+def import_label_studio(
+    export: Path,
+    images_root: Path,
+    dataset_dir: Path,
+    split: str = "train",
+    required: Iterable[str] = REQUIRED_FIELDS,
+) -> ImportReport:
     """Import reviewed tasks from a Label Studio JSON export; malformed ones are rejected with their reason.
 
     The document id is `data.doc_id` when the task carries one (the processing DAG sets it to the file's
@@ -303,7 +327,11 @@ def import_label_studio(export: Path, images_root: Path, dataset_dir: Path, spli
             rejected.append({"item": task_ref, "reason": str(error)})
             continue
         doc_id = str(task["data"].get("doc_id") or f"ls-{task.get('id', position)}")
-        meta = {"source": "label_studio", "task_id": task.get("id"), "reviewer": annotation.get("completed_by"),
-                "reviewed_at": annotation.get("updated_at") or annotation.get("created_at")}
+        meta = {
+            "source": "label_studio",
+            "task_id": task.get("id"),
+            "reviewer": annotation.get("completed_by"),
+            "reviewed_at": annotation.get("updated_at") or annotation.get("created_at"),
+        }
         accepted.append((Record(doc_id + image.suffix.lower(), label, meta), image))
     return ImportReport(upsert(dataset_dir, split, accepted) if accepted else {}, rejected)

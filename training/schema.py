@@ -49,11 +49,64 @@ CENT = Decimal("0.01")
 
 _MONTHS = {
     # English, German, French, Spanish, Swedish month names and their usual abbreviations.
-    **{m: i for i, m in enumerate(["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], 1)},
-    **{m: i for i, m in enumerate(["januar", "februar", "märz", "april", "mai", "juni", "juli", "august", "september", "oktober", "november", "dezember"], 1)},
-    **{m: i for i, m in enumerate(["janv", "févr", "mars", "avr", "mai", "juin", "juil", "août", "sept", "oct", "nov", "déc"], 1)},
-    **{m: i for i, m in enumerate(["janvier", "février", "mars", "avril", "mai", "juin", "juillet", "août", "septembre", "octobre", "novembre", "décembre"], 1)},
-    "sept": 9, "mär": 3, "okt": 10, "dez": 12, "maj": 5, "okt.": 10,
+    **{
+        m: i
+        for i, m in enumerate(
+            ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], 1
+        )
+    },
+    **{
+        m: i
+        for i, m in enumerate(
+            [
+                "januar",
+                "februar",
+                "märz",
+                "april",
+                "mai",
+                "juni",
+                "juli",
+                "august",
+                "september",
+                "oktober",
+                "november",
+                "dezember",
+            ],
+            1,
+        )
+    },
+    **{
+        m: i
+        for i, m in enumerate(
+            ["janv", "févr", "mars", "avr", "mai", "juin", "juil", "août", "sept", "oct", "nov", "déc"], 1
+        )
+    },
+    **{
+        m: i
+        for i, m in enumerate(
+            [
+                "janvier",
+                "février",
+                "mars",
+                "avril",
+                "mai",
+                "juin",
+                "juillet",
+                "août",
+                "septembre",
+                "octobre",
+                "novembre",
+                "décembre",
+            ],
+            1,
+        )
+    },
+    "sept": 9,
+    "mär": 3,
+    "okt": 10,
+    "dez": 12,
+    "maj": 5,
+    "okt.": 10,
 }
 
 
@@ -140,7 +193,9 @@ def parse_date(raw: str, day_first: bool = True) -> dt.date:
             return dt.date(year, month, day)
         words = re.findall(r"[^\W\d_]+\.?|\d+", text)
         numbers = [int(w) for w in words if w.isdigit()]
-        months = [_MONTHS.get(w.rstrip(".")) or _MONTHS.get(w.rstrip(".")[:3]) for w in words if not w.isdigit()]
+        months = [
+            _MONTHS.get(w.rstrip(".")) or _MONTHS.get(w.rstrip(".")[:3]) for w in words if not w.isdigit()
+        ]
         months = [m for m in months if m]
         if len(numbers) == 2 and months:
             day, year = (numbers[0], numbers[1]) if numbers[1] > 31 else (numbers[1], numbers[0])
@@ -157,7 +212,17 @@ def normalize_date(raw: str, day_first: bool = True) -> str:
 
 def normalize_currency(raw: str) -> str:
     """Canonical ISO 4217 code for a code or a common symbol."""
-    symbols = {"$": "USD", "US$": "USD", "€": "EUR", "£": "GBP", "¥": "JPY", "₹": "INR", "RM": "MYR", "KR": "SEK", "FR.": "CHF"}
+    symbols = {
+        "$": "USD",
+        "US$": "USD",
+        "€": "EUR",
+        "£": "GBP",
+        "¥": "JPY",
+        "₹": "INR",
+        "RM": "MYR",
+        "KR": "SEK",
+        "FR.": "CHF",
+    }
     code = str(raw).strip().upper()
     code = symbols.get(code, code)
     if code not in ISO_4217:

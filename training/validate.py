@@ -47,7 +47,11 @@ class Rules:
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> Rules:
-        known = {key: tuple(v) if isinstance(v, list) else v for key, v in params.items() if key in cls.__dataclass_fields__}
+        known = {
+            key: tuple(v) if isinstance(v, list) else v
+            for key, v in params.items()
+            if key in cls.__dataclass_fields__
+        }
         return cls(**known)
 
 
@@ -70,8 +74,13 @@ class ValidationReport:
         return not self.failures
 
     def as_dict(self) -> dict[str, Any]:
-        return {"success": self.success, "documents": self.documents, "line_items": self.line_items,
-                "rules": self.rules, "failures": [asdict(f) for f in self.failures]}
+        return {
+            "success": self.success,
+            "documents": self.documents,
+            "line_items": self.line_items,
+            "rules": self.rules,
+            "failures": [asdict(f) for f in self.failures],
+        }
 
 
 def probe_image(path: Path, rules: Rules) -> tuple[str, int, int]:
@@ -100,7 +109,9 @@ def _text(value: Any) -> str | None:
     return None if value is None else value if isinstance(value, str) else json.dumps(value)
 
 
-def profile(dataset: Path, rules: Rules, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, list[Failure]]:
+def profile(
+    dataset: Path, rules: Rules, progress: bool = True
+) -> tuple[pd.DataFrame, pd.DataFrame, list[Failure]]:
     """One row per document and per line item, plus failures that stop a row from existing."""
     docs, items, structural = [], [], []
     splits = [s for s in SPLITS if (dataset / s).is_dir()]
@@ -119,12 +130,18 @@ def profile(dataset: Path, rules: Rules, progress: bool = True) -> tuple[pd.Data
         image = dataset / split / record.file_name
         error, width, height = probe_image(image, rules)
         row: dict[str, Any] = {
-            "doc": doc, "split": split, "doc_id": record.doc_id,
+            "doc": doc,
+            "split": split,
+            "doc_id": record.doc_id,
             "unknown_keys": ", ".join(sorted(set(label) - set(FIELDS))),
             "missing_keys": ", ".join(f for f in FIELDS if f not in label),
-            "arithmetic": "; ".join(arithmetic_problems(label)) if isinstance(label.get("line_items") or [], list) else "line_items is not a list",
+            "arithmetic": "; ".join(arithmetic_problems(label))
+            if isinstance(label.get("line_items") or [], list)
+            else "line_items is not a list",
             # A broken image fails `image_readable`; leaving its size unknown keeps `image_size` about size.
-            "image_error": error, "width": width if not error else None, "height": height if not error else None,
+            "image_error": error,
+            "width": width if not error else None,
+            "height": height if not error else None,
             "sha256": sha256_file(image) if image.is_file() else None,
         }
         row.update({f: _text(label.get(f)) for f in SCALAR_FIELDS})
@@ -132,9 +149,25 @@ def profile(dataset: Path, rules: Rules, progress: bool = True) -> tuple[pd.Data
         line_items = label.get("line_items") or []
         for index, item in enumerate(line_items if isinstance(line_items, list) else []):
             item = item if isinstance(item, dict) else {}
-            items.append({"doc": f"{doc}#line{index + 1}", **{k: _text(item.get(k)) for k in LINE_ITEM_FIELDS}})
-    docs_frame = pd.DataFrame(docs, columns=["doc", "split", "doc_id", "unknown_keys", "missing_keys", "arithmetic",
-                                             "image_error", "width", "height", "sha256", *SCALAR_FIELDS])
+            items.append(
+                {"doc": f"{doc}#line{index + 1}", **{k: _text(item.get(k)) for k in LINE_ITEM_FIELDS}}
+            )
+    docs_frame = pd.DataFrame(
+        docs,
+        columns=[
+            "doc",
+            "split",
+            "doc_id",
+            "unknown_keys",
+            "missing_keys",
+            "arithmetic",
+            "image_error",
+            "width",
+            "height",
+            "sha256",
+            *SCALAR_FIELDS,
+        ],
+    )
     # How many splits hold each image content: an image in two splits leaks test data into training.
     docs_frame["splits_with_image"] = docs_frame.groupby("sha256")["split"].transform("nunique").fillna(1)
     items_frame = pd.DataFrame(items, columns=["doc", *LINE_ITEM_FIELDS])
@@ -149,22 +182,49 @@ def document_expectations(rules: Rules) -> list[Any]:
         return {"rule": name, **details}
 
     expectations = [
-        E.ExpectColumnValuesToBeInSet(column="missing_keys", value_set=[""], meta=rule("canonical_keys_present")),
+        E.ExpectColumnValuesToBeInSet(
+            column="missing_keys", value_set=[""], meta=rule("canonical_keys_present")
+        ),
         E.ExpectColumnValuesToBeInSet(column="unknown_keys", value_set=[""], meta=rule("no_unknown_keys")),
-        *(E.ExpectColumnValuesToNotBeNull(column=f, meta=rule("required_field", field=f)) for f in rules.required_fields),
-        *(E.ExpectColumnValuesToMatchStrftimeFormat(column=f, strftime_format="%Y-%m-%d", meta=rule("iso_date", field=f))
-          for f in DATE_FIELDS),
-        *(E.ExpectColumnValuesToMatchRegex(column=f, regex=MONEY_PATTERN, meta=rule("decimal_amount", field=f))
-          for f in MONEY_FIELDS),
-        E.ExpectColumnValuesToBeInSet(column="currency", value_set=sorted(ISO_4217), meta=rule("iso_4217_currency")),
-        E.ExpectColumnValuesToBeInSet(column="arithmetic", value_set=[""], meta=rule("arithmetic_consistent")),
+        *(
+            E.ExpectColumnValuesToNotBeNull(column=f, meta=rule("required_field", field=f))
+            for f in rules.required_fields
+        ),
+        *(
+            E.ExpectColumnValuesToMatchStrftimeFormat(
+                column=f, strftime_format="%Y-%m-%d", meta=rule("iso_date", field=f)
+            )
+            for f in DATE_FIELDS
+        ),
+        *(
+            E.ExpectColumnValuesToMatchRegex(
+                column=f, regex=MONEY_PATTERN, meta=rule("decimal_amount", field=f)
+            )
+            for f in MONEY_FIELDS
+        ),
+        E.ExpectColumnValuesToBeInSet(
+            column="currency", value_set=sorted(ISO_4217), meta=rule("iso_4217_currency")
+        ),
+        E.ExpectColumnValuesToBeInSet(
+            column="arithmetic", value_set=[""], meta=rule("arithmetic_consistent")
+        ),
         E.ExpectColumnValuesToBeInSet(column="image_error", value_set=[""], meta=rule("image_readable")),
-        E.ExpectColumnValuesToBeBetween(column="width", min_value=rules.min_side_px, max_value=rules.max_side_px,
-                                        meta=rule("image_size", bounds=[rules.min_side_px, rules.max_side_px])),
-        E.ExpectColumnValuesToBeBetween(column="height", min_value=rules.min_side_px, max_value=rules.max_side_px,
-                                        meta=rule("image_size", bounds=[rules.min_side_px, rules.max_side_px])),
+        E.ExpectColumnValuesToBeBetween(
+            column="width",
+            min_value=rules.min_side_px,
+            max_value=rules.max_side_px,
+            meta=rule("image_size", bounds=[rules.min_side_px, rules.max_side_px]),
+        ),
+        E.ExpectColumnValuesToBeBetween(
+            column="height",
+            min_value=rules.min_side_px,
+            max_value=rules.max_side_px,
+            meta=rule("image_size", bounds=[rules.min_side_px, rules.max_side_px]),
+        ),
         E.ExpectColumnValuesToBeUnique(column="doc_id", meta=rule("unique_id")),
-        E.ExpectColumnValuesToBeBetween(column="splits_with_image", max_value=1, meta=rule("image_in_one_split")),
+        E.ExpectColumnValuesToBeBetween(
+            column="splits_with_image", max_value=1, meta=rule("image_in_one_split")
+        ),
     ]
     return expectations
 
@@ -174,9 +234,15 @@ def line_item_expectations() -> list[Any]:
 
     return [
         E.ExpectColumnValuesToNotBeNull(column="description", meta={"rule": "line_item_description"}),
-        *(E.ExpectColumnValuesToMatchRegex(column=f, regex=DECIMAL_PATTERN, meta={"rule": "decimal_amount", "field": f})
-          for f in ("quantity", "unit_price")),
-        E.ExpectColumnValuesToMatchRegex(column="amount", regex=MONEY_PATTERN, meta={"rule": "decimal_amount", "field": "amount"}),
+        *(
+            E.ExpectColumnValuesToMatchRegex(
+                column=f, regex=DECIMAL_PATTERN, meta={"rule": "decimal_amount", "field": f}
+            )
+            for f in ("quantity", "unit_price")
+        ),
+        E.ExpectColumnValuesToMatchRegex(
+            column="amount", regex=MONEY_PATTERN, meta={"rule": "decimal_amount", "field": "amount"}
+        ),
     ]
 
 
@@ -192,7 +258,9 @@ def _run_suite(name: str, frame: pd.DataFrame, expectations: list[Any]) -> list[
     suite = gx.ExpectationSuite(name=f"labeled_invoices.{name}")
     for expectation in expectations:
         suite.add_expectation(expectation)
-    result = batch.validate(suite, result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["doc"]})
+    result = batch.validate(
+        suite, result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["doc"]}
+    )
     return list(result.results)
 
 
@@ -216,8 +284,10 @@ def validate_dataset(dataset: Path, rules: Rules | None = None, progress: bool =
     docs, items, structural = profile(dataset, rules, progress)
     report = ValidationReport(documents=len(docs), line_items=len(items), failures=list(structural))
     rule_counts: dict[str, dict[str, Any]] = defaultdict(lambda: {"checked": 0, "failed": 0})
-    for name, frame, expectations in (("documents", docs, document_expectations(rules)),
-                                      ("line_items", items, line_item_expectations())):
+    for name, frame, expectations in (
+        ("documents", docs, document_expectations(rules)),
+        ("line_items", items, line_item_expectations()),
+    ):
         if frame.empty:
             continue
         for result in _run_suite(name, frame, expectations):
@@ -232,8 +302,12 @@ def validate_dataset(dataset: Path, rules: Rules | None = None, progress: bool =
     for failure in structural:
         rule_counts[failure.rule]["failed"] += 1
     # The reason column says more than "value is not ''": replace it for the computed-column rules.
-    reasons = {"image_readable": "image_error", "arithmetic_consistent": "arithmetic",
-               "canonical_keys_present": "missing_keys", "no_unknown_keys": "unknown_keys"}
+    reasons = {
+        "image_readable": "image_error",
+        "arithmetic_consistent": "arithmetic",
+        "canonical_keys_present": "missing_keys",
+        "no_unknown_keys": "unknown_keys",
+    }
     by_doc = docs.set_index("doc") if not docs.empty else None
     for failure in report.failures:
         if failure.rule in reasons and by_doc is not None:
@@ -247,20 +321,28 @@ def write_report(report: ValidationReport, dataset: Path, report_dir: Path) -> t
     """Write `validation.json` and a readable `validation.html`; returns both paths."""
     report_dir.mkdir(parents=True, exist_ok=True)
     json_path, html_path = report_dir / "validation.json", report_dir / "validation.html"
-    json_path.write_text(json.dumps({"dataset": str(dataset), **report.as_dict()}, indent=2), encoding="utf-8")
+    json_path.write_text(
+        json.dumps({"dataset": str(dataset), **report.as_dict()}, indent=2), encoding="utf-8"
+    )
     status = "PASSED" if report.success else f"FAILED: {len(report.failures)} problem(s)"
     rule_rows = "".join(
         f"<tr class='{'bad' if r['failed'] else 'ok'}'><td>{html.escape(name)}</td><td>{r.get('checked', '')}</td>"
-        f"<td>{r['failed']}</td></tr>" for name, r in report.rules.items())
+        f"<td>{r['failed']}</td></tr>"
+        for name, r in report.rules.items()
+    )
     failure_rows = "".join(
         f"<tr><td>{html.escape(f.rule)}</td><td>{html.escape(f.file)}</td><td>{html.escape(f.detail)}</td></tr>"
-        for f in report.failures)
-    html_path.write_text(f"""<!doctype html><meta charset="utf-8"><title>Validation of {html.escape(str(dataset))}</title>
+        for f in report.failures
+    )
+    html_path.write_text(
+        f"""<!doctype html><meta charset="utf-8"><title>Validation of {html.escape(str(dataset))}</title>
 <style>body{{font:14px sans-serif;margin:2em}} table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}} .bad td{{background:#fde2e2}} .ok td{{background:#e6f4ea}}</style>
 <h1>Labeled-data validation: {status}</h1>
 <p>Dataset <code>{html.escape(str(dataset))}</code>: {report.documents} documents, {report.line_items} line items.</p>
 <h2>Rules</h2><table><tr><th>rule</th><th>rows checked</th><th>failed</th></tr>{rule_rows}</table>
-<h2>Failures</h2><table><tr><th>rule</th><th>file</th><th>reason</th></tr>{failure_rows or '<tr><td colspan=3>none</td></tr>'}</table>
-""", encoding="utf-8")
+<h2>Failures</h2><table><tr><th>rule</th><th>file</th><th>reason</th></tr>{failure_rows or "<tr><td colspan=3>none</td></tr>"}</table>
+""",
+        encoding="utf-8",
+    )
     return json_path, html_path

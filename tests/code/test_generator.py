@@ -21,7 +21,11 @@ from training.synth.render import LAYOUTS, random_style
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def all_records(root: Path):
@@ -30,7 +34,9 @@ def all_records(root: Path):
 
 def test_same_seed_gives_byte_identical_dataset(generated, small_config, tmp_path):
     again = tmp_path / "again"
-    generate_dataset(small_config, again, workers=1, progress=False)  # serial, where the fixture ran in parallel
+    generate_dataset(
+        small_config, again, workers=1, progress=False
+    )  # serial, where the fixture ran in parallel
     assert tree_digest(again) == tree_digest(generated)
 
 

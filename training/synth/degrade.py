@@ -27,7 +27,9 @@ def degrade(image: Image.Image, rng: random.Random, strength: float = 1.0) -> Im
         # Uneven lighting, as in a phone photo: a linear shade across the page.
         height, width = pixels.shape[:2]
         shade = np.linspace(0, rng.uniform(-50, 0) * strength, width, dtype=np.float32)
-        pixels += shade[None, :, None] if rng.random() < 0.5 else np.linspace(0, shade[-1], height)[:, None, None]
+        pixels += (
+            shade[None, :, None] if rng.random() < 0.5 else np.linspace(0, shade[-1], height)[:, None, None]
+        )
     pixels += np_rng.normal(0, rng.uniform(2, 10) * strength, pixels.shape[:2])[..., None]
     image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
     buffer = io.BytesIO()

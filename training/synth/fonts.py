@@ -39,19 +39,41 @@ def _codepoints(path: Path) -> frozenset[int]:
 def font_families() -> tuple[FontFamily, ...]:
     """Every family the generator draws from: DejaVu (from matplotlib) and five Google/Adobe families."""
     dejavu = _package_dir("matplotlib") / "mpl-data" / "fonts" / "ttf"
-    wheel = {name: _package_dir(name) / "files" for name in
-             ("font_lato", "font_caladea", "font_source_sans_pro", "font_source_serif_pro", "font_roboto")}
+    wheel = {
+        name: _package_dir(name) / "files"
+        for name in (
+            "font_lato",
+            "font_caladea",
+            "font_source_sans_pro",
+            "font_source_serif_pro",
+            "font_roboto",
+        )
+    }
     return (
         FontFamily("DejaVu Sans", dejavu / "DejaVuSans.ttf", dejavu / "DejaVuSans-Bold.ttf"),
         FontFamily("DejaVu Serif", dejavu / "DejaVuSerif.ttf", dejavu / "DejaVuSerif-Bold.ttf"),
-        FontFamily("DejaVu Sans Mono", dejavu / "DejaVuSansMono.ttf", dejavu / "DejaVuSansMono-Bold.ttf", True),
+        FontFamily(
+            "DejaVu Sans Mono", dejavu / "DejaVuSansMono.ttf", dejavu / "DejaVuSansMono-Bold.ttf", True
+        ),
         FontFamily("Lato", wheel["font_lato"] / "Lato-Regular.ttf", wheel["font_lato"] / "Lato-Bold.ttf"),
-        FontFamily("Caladea", wheel["font_caladea"] / "Caladea-Regular.ttf", wheel["font_caladea"] / "Caladea-Bold.ttf"),
-        FontFamily("Source Sans Pro", wheel["font_source_sans_pro"] / "SourceSansPro-Regular.ttf",
-                   wheel["font_source_sans_pro"] / "SourceSansPro-Bold.ttf"),
-        FontFamily("Source Serif Pro", wheel["font_source_serif_pro"] / "SourceSerifPro-Regular.ttf",
-                   wheel["font_source_serif_pro"] / "SourceSerifPro-Bold.ttf"),
-        FontFamily("Roboto", wheel["font_roboto"] / "Roboto-Regular.ttf", wheel["font_roboto"] / "Roboto-Bold.ttf"),
+        FontFamily(
+            "Caladea",
+            wheel["font_caladea"] / "Caladea-Regular.ttf",
+            wheel["font_caladea"] / "Caladea-Bold.ttf",
+        ),
+        FontFamily(
+            "Source Sans Pro",
+            wheel["font_source_sans_pro"] / "SourceSansPro-Regular.ttf",
+            wheel["font_source_sans_pro"] / "SourceSansPro-Bold.ttf",
+        ),
+        FontFamily(
+            "Source Serif Pro",
+            wheel["font_source_serif_pro"] / "SourceSerifPro-Regular.ttf",
+            wheel["font_source_serif_pro"] / "SourceSerifPro-Bold.ttf",
+        ),
+        FontFamily(
+            "Roboto", wheel["font_roboto"] / "Roboto-Regular.ttf", wheel["font_roboto"] / "Roboto-Bold.ttf"
+        ),
     )
 
 

@@ -57,8 +57,13 @@ def make_invoice(config: GeneratorConfig, index: int) -> SyntheticInvoice:
     scanned = rng.random() < config.degrade_share
     if scanned:
         image = degrade(image, rng)
-    meta = {"source": "synthetic", "layout": layout, "locale": content.locale.name, "scanned": scanned,
-            "seed": config.seed}
+    meta = {
+        "source": "synthetic",
+        "layout": layout,
+        "locale": content.locale.name,
+        "scanned": scanned,
+        "seed": config.seed,
+    }
     return SyntheticInvoice(f"syn{config.seed}-{index:06d}", image, content.label(), meta)
 
 
@@ -88,14 +93,21 @@ def _write_one(args: tuple[GeneratorConfig, int, Path]) -> tuple[str, Record]:
         pdf_name = invoice.doc_id + ".pdf"
         # Dated by the invoice, not the clock, so that the PDF bytes are reproducible.
         issued = time.strptime(invoice.label["invoice_date"], "%Y-%m-%d")
-        invoice.image.save(out_dir / split / pdf_name, "PDF", resolution=config.dpi, title=invoice.doc_id,
-                           creationDate=issued, modDate=issued)
+        invoice.image.save(
+            out_dir / split / pdf_name,
+            "PDF",
+            resolution=config.dpi,
+            title=invoice.doc_id,
+            creationDate=issued,
+            modDate=issued,
+        )
         meta["pdf"] = pdf_name
     return split, Record(file_name=file_name, gt_parse=invoice.label, meta=meta)
 
 
-def generate_dataset(config: GeneratorConfig, out_dir: Path, workers: int | None = None,
-                     progress: bool = True) -> dict[str, Any]:
+def generate_dataset(
+    config: GeneratorConfig, out_dir: Path, workers: int | None = None, progress: bool = True
+) -> dict[str, Any]:
     """Render `config.n` invoices into `out_dir/{train,validation,test}` with `metadata.jsonl` each.
 
     Existing split folders are replaced, so a re-run with the same config gives byte-identical files.
@@ -125,4 +137,8 @@ def generate_dataset(config: GeneratorConfig, out_dir: Path, workers: int | None
     for split, split_records in records.items():
         write_split(out_dir / split, split_records)
     layouts = Counter(r.meta["layout"] for rs in records.values() for r in rs)
-    return {"n": config.n, "splits": {s: len(rs) for s, rs in records.items()}, "layouts": dict(sorted(layouts.items()))}
+    return {
+        "n": config.n,
+        "splits": {s: len(rs) for s, rs in records.items()},
+        "layouts": dict(sorted(layouts.items())),
+    }

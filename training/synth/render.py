@@ -13,7 +13,14 @@ from training.synth.fonts import FontFamily, font_families, load_font
 
 RGB = tuple[int, int, int]
 PAPER_POINTS = {"A4": (595, 842), "Letter": (612, 792)}
-ACCENTS: tuple[RGB, ...] = ((31, 78, 121), (150, 30, 45), (20, 110, 80), (90, 60, 140), (200, 100, 20), (60, 60, 60))
+ACCENTS: tuple[RGB, ...] = (
+    (31, 78, 121),
+    (150, 30, 45),
+    (20, 110, 80),
+    (90, 60, 140),
+    (200, 100, 20),
+    (60, 60, 60),
+)
 
 
 @dataclass(frozen=True)
@@ -30,13 +37,21 @@ class Style:
 class Canvas:
     """A page addressed in points (1/72 inch), rendered at a given dpi."""
 
-    def __init__(self, paper: str, dpi: int, style: Style, width_pt: float | None = None,
-                 height_pt: float | None = None) -> None:
+    def __init__(
+        self,
+        paper: str,
+        dpi: int,
+        style: Style,
+        width_pt: float | None = None,
+        height_pt: float | None = None,
+    ) -> None:
         paper_w, paper_h = PAPER_POINTS[paper]
         self.width, self.height = width_pt or paper_w, height_pt or paper_h
         self.scale = dpi / 72
         self.style = style
-        self.image = Image.new("RGB", (round(self.width * self.scale), round(self.height * self.scale)), "white")
+        self.image = Image.new(
+            "RGB", (round(self.width * self.scale), round(self.height * self.scale)), "white"
+        )
         self.draw = ImageDraw.Draw(self.image)
 
     def _font(self, size: float | None, bold: bool):
@@ -47,30 +62,71 @@ class Canvas:
         """Width of `text` in points."""
         return self._font(size, bold).getlength(text) / self.scale
 
-    def text(self, x: float, y: float, text: str, size: float | None = None, bold: bool = False,
-             fill: RGB | None = None, align: str = "left") -> float:
+    def text(
+        self,
+        x: float,
+        y: float,
+        text: str,
+        size: float | None = None,
+        bold: bool = False,
+        fill: RGB | None = None,
+        align: str = "left",
+    ) -> float:
         """Draw one line whose top is at `y`; `x` is its left, right or centre edge. Returns the next line's y."""
         size = size or self.style.size
-        offset = {"left": 0, "right": self.measure(text, size, bold), "center": self.measure(text, size, bold) / 2}
-        self.draw.text(((x - offset[align]) * self.scale, y * self.scale), text, font=self._font(size, bold),
-                       fill=fill or self.style.ink)
+        offset = {
+            "left": 0,
+            "right": self.measure(text, size, bold),
+            "center": self.measure(text, size, bold) / 2,
+        }
+        self.draw.text(
+            ((x - offset[align]) * self.scale, y * self.scale),
+            text,
+            font=self._font(size, bold),
+            fill=fill or self.style.ink,
+        )
         return y + size * 1.35
 
-    def lines(self, x: float, y: float, lines: list[str], size: float | None = None, bold_first: bool = False,
-              align: str = "left", fill: RGB | None = None) -> float:
+    def lines(
+        self,
+        x: float,
+        y: float,
+        lines: list[str],
+        size: float | None = None,
+        bold_first: bool = False,
+        align: str = "left",
+        fill: RGB | None = None,
+    ) -> float:
         """Draw consecutive lines; returns the y below the last one."""
         for index, line in enumerate(lines):
             y = self.text(x, y, line, size, bold=bold_first and index == 0, align=align, fill=fill)
         return y
 
-    def rule(self, x0: float, y0: float, x1: float, y1: float, width: float = 0.6, fill: RGB | None = None) -> None:
-        self.draw.line([(x0 * self.scale, y0 * self.scale), (x1 * self.scale, y1 * self.scale)],
-                       fill=fill or self.style.ink, width=max(1, round(width * self.scale)))
+    def rule(
+        self, x0: float, y0: float, x1: float, y1: float, width: float = 0.6, fill: RGB | None = None
+    ) -> None:
+        self.draw.line(
+            [(x0 * self.scale, y0 * self.scale), (x1 * self.scale, y1 * self.scale)],
+            fill=fill or self.style.ink,
+            width=max(1, round(width * self.scale)),
+        )
 
-    def box(self, x0: float, y0: float, x1: float, y1: float, fill: RGB | None = None,
-            outline: RGB | None = None, width: float = 0.6) -> None:
-        self.draw.rectangle([x0 * self.scale, y0 * self.scale, x1 * self.scale, y1 * self.scale], fill=fill,
-                            outline=outline, width=max(1, round(width * self.scale)))
+    def box(
+        self,
+        x0: float,
+        y0: float,
+        x1: float,
+        y1: float,
+        fill: RGB | None = None,
+        outline: RGB | None = None,
+        width: float = 0.6,
+    ) -> None:
+        self.draw.rectangle(
+            [x0 * self.scale, y0 * self.scale, x1 * self.scale, y1 * self.scale],
+            fill=fill,
+            outline=outline,
+            width=max(1, round(width * self.scale)),
+        )
 
     def fit(self, text: str, max_width: float, size: float | None = None, bold: bool = False) -> str:
         """Truncate `text` with an ellipsis so that it fits in `max_width` points."""
@@ -92,18 +148,32 @@ def tint(color: RGB, amount: float) -> RGB:
 def meta_rows(inv: InvoiceContent, style: Style, rng: random.Random) -> list[tuple[str, str]]:
     """Invoice number, dates and distractor references, in a shuffled but plausible order."""
     words = inv.locale.words
-    rows = [(words["invoice_no"], inv.invoice_number), (words["date"], inv.date(inv.invoice_date, style.date_style))]
+    rows = [
+        (words["invoice_no"], inv.invoice_number),
+        (words["date"], inv.date(inv.invoice_date, style.date_style)),
+    ]
     if inv.due_date:
         rows.append((words["due"], inv.date(inv.due_date, style.date_style)))
-    extras = [(words["po"], inv.distractors["po"]), (words["customer_no"], inv.distractors["customer_no"]),
-              (words["order_date"], inv.distractors["order_date"])]
+    extras = [
+        (words["po"], inv.distractors["po"]),
+        (words["customer_no"], inv.distractors["customer_no"]),
+        (words["order_date"], inv.distractors["order_date"]),
+    ]
     rows += rng.sample(extras, k=rng.randint(0, len(extras)))
     return rows
 
 
-def draw_key_values(c: Canvas, x: float, y: float, rows: list[tuple[str, str]], key_width: float,
-                    size: float | None = None, bold_keys: bool = True, align_values: str = "left",
-                    value_x: float | None = None) -> float:
+def draw_key_values(
+    c: Canvas,
+    x: float,
+    y: float,
+    rows: list[tuple[str, str]],
+    key_width: float,
+    size: float | None = None,
+    bold_keys: bool = True,
+    align_values: str = "left",
+    value_x: float | None = None,
+) -> float:
     """Two aligned columns of `key: value`; returns the y below."""
     for key, value in rows:
         c.text(x, y, key, size, bold=bold_keys)
@@ -132,16 +202,25 @@ def draw_items(c: Canvas, inv: InvoiceContent, x0: float, x1: float, y: float, l
     header_fill = (255, 255, 255) if look == "band" else None
     for index, header in enumerate(headers):
         right = index > 0
-        c.text(edges[index + 1] - 4 if right else edges[index] + 4, y + size * 0.35, header, size, bold=True,
-               fill=header_fill, align="right" if right else "left")
+        c.text(
+            edges[index + 1] - 4 if right else edges[index] + 4,
+            y + size * 0.35,
+            header,
+            size,
+            bold=True,
+            fill=header_fill,
+            align="right" if right else "left",
+        )
     y += row_h
     if look in ("plain", "zebra"):
         c.rule(x0, y, x1, y, width=0.8)
     for row_index, item in enumerate(inv.items):
         cells = [str(item["description"])]
         if inv.show_line_math:
-            cells += [format(item["quantity"].normalize(), "f").replace(".", inv.locale.decimal),
-                      inv.money(item["unit_price"], with_symbol=False)]
+            cells += [
+                format(item["quantity"].normalize(), "f").replace(".", inv.locale.decimal),
+                inv.money(item["unit_price"], with_symbol=False),
+            ]
         cells.append(inv.money(item["amount"], with_symbol=False))
         if look == "zebra" and row_index % 2 == 0:
             c.box(x0, y, x1, y + row_h, fill=tint(accent, 0.9))
@@ -165,12 +244,16 @@ def totals_rows(inv: InvoiceContent) -> list[tuple[str, str]]:
     """Subtotal, tax (with its rate) and total as printed."""
     words = inv.locale.words
     rate = f"{(inv.tax_rate * 100).normalize():f}".replace(".", inv.locale.decimal)
-    return [(words["subtotal"], inv.money(inv.subtotal)), (f"{words['tax']} {rate}%", inv.money(inv.tax)),
-            (words["total"], inv.money(inv.total))]
+    return [
+        (words["subtotal"], inv.money(inv.subtotal)),
+        (f"{words['tax']} {rate}%", inv.money(inv.tax)),
+        (words["total"], inv.money(inv.total)),
+    ]
 
 
-def draw_totals(c: Canvas, inv: InvoiceContent, x_right: float, y: float, width: float = 200,
-                highlight: bool = False) -> float:
+def draw_totals(
+    c: Canvas, inv: InvoiceContent, x_right: float, y: float, width: float = 200, highlight: bool = False
+) -> float:
     """The totals block, right-aligned at `x_right`; returns the y below it."""
     size = c.style.size
     rows = totals_rows(inv)
@@ -219,7 +302,9 @@ def layout_classic(c: Canvas, inv: InvoiceContent, rng: random.Random) -> None:
     y = c.lines(40, 40, party_lines(inv, vendor=True), size, bold_first=True)
     c.text(c.width - 40, 40, words["invoice"], size * 2.2, bold=True, fill=c.style.accent, align="right")
     meta = meta_rows(inv, c.style, rng)
-    draw_key_values(c, c.width - 250, 40 + size * 3.4, meta, 0, size, value_x=c.width - 40, align_values="right")
+    draw_key_values(
+        c, c.width - 250, 40 + size * 3.4, meta, 0, size, value_x=c.width - 40, align_values="right"
+    )
     y = max(y, 40 + size * 3.4 + len(meta) * size * 1.35) + size * 2
     if inv.show_customer:
         c.text(40, y, words["bill_to"], size, bold=True, fill=c.style.accent)
@@ -236,7 +321,14 @@ def layout_banner(c: Canvas, inv: InvoiceContent, rng: random.Random) -> None:
     band_h = size * 6
     c.box(0, 0, c.width, band_h, fill=c.style.accent)
     c.text(36, band_h / 2 - size * 1.1, inv.vendor.name, size * 1.7, bold=True, fill=(255, 255, 255))
-    c.text(c.width - 36, band_h / 2 - size * 1.1, words["invoice"], size * 1.7, fill=(255, 255, 255), align="right")
+    c.text(
+        c.width - 36,
+        band_h / 2 - size * 1.1,
+        words["invoice"],
+        size * 1.7,
+        fill=(255, 255, 255),
+        align="right",
+    )
     y = c.lines(36, band_h + size, [", ".join(inv.vendor.address_lines)], size - 1)
     meta = meta_rows(inv, c.style, rng)[:4]
     cell_w = (c.width - 72) / len(meta)
@@ -282,14 +374,27 @@ def layout_receipt(c: Canvas, inv: InvoiceContent, rng: random.Random) -> None:
     """A till receipt: one narrow centred column, items as text lines, dashed rules, TOTAL in bold."""
     size, words = c.style.size, inv.locale.words
     mid, half = c.width / 2, 130
-    y = c.lines(mid, 30, [inv.vendor.name.upper(), *inv.vendor.address_lines, inv.distractors["phone"]], size,
-                bold_first=True, align="center")
-    y = c.text(mid, y + size * 0.5, f"{words['vat_id']} {inv.distractors['vat_id']}", size - 1, align="center")
+    y = c.lines(
+        mid,
+        30,
+        [inv.vendor.name.upper(), *inv.vendor.address_lines, inv.distractors["phone"]],
+        size,
+        bold_first=True,
+        align="center",
+    )
+    y = c.text(
+        mid, y + size * 0.5, f"{words['vat_id']} {inv.distractors['vat_id']}", size - 1, align="center"
+    )
     dash = "-" * 200
     y = c.text(mid - half, y + size * 0.5, c.fit(dash, 2 * half, size), size)
     y = c.text(mid - half, y, f"{words['invoice_no']} {inv.invoice_number}", size)
-    y = c.text(mid - half, y, f"{words['date']}: {inv.date(inv.invoice_date, c.style.date_style)}  "
-                              f"{rng.randint(7, 21):02d}:{rng.randint(0, 59):02d}", size)
+    y = c.text(
+        mid - half,
+        y,
+        f"{words['date']}: {inv.date(inv.invoice_date, c.style.date_style)}  "
+        f"{rng.randint(7, 21):02d}:{rng.randint(0, 59):02d}",
+        size,
+    )
     if inv.due_date:
         y = c.text(mid - half, y, f"{words['due']}: {inv.date(inv.due_date, c.style.date_style)}", size)
     if inv.show_customer:
@@ -300,9 +405,15 @@ def layout_receipt(c: Canvas, inv: InvoiceContent, rng: random.Random) -> None:
         if inv.show_line_math:
             quantity = format(item["quantity"].normalize(), "f").replace(".", inv.locale.decimal)
             c.text(mid - half, y, name, size)
-            y = c.text(mid - half + 12, y + size * 1.3,
-                       f"{quantity} x {inv.money(item['unit_price'], with_symbol=False)}", size - 1)
-            c.text(mid + half, y - size * 1.35, inv.money(item["amount"], with_symbol=False), size, align="right")
+            y = c.text(
+                mid - half + 12,
+                y + size * 1.3,
+                f"{quantity} x {inv.money(item['unit_price'], with_symbol=False)}",
+                size - 1,
+            )
+            c.text(
+                mid + half, y - size * 1.35, inv.money(item["amount"], with_symbol=False), size, align="right"
+            )
         else:
             c.text(mid - half, y, name, size)
             y = c.text(mid + half, y, inv.money(item["amount"], with_symbol=False), size, align="right")
@@ -326,8 +437,13 @@ def layout_sidebar(c: Canvas, inv: InvoiceContent, rng: random.Random) -> None:
         y = c.text(16, y, value, size) + size * 0.4
     y += size * 2
     d = inv.distractors
-    c.lines(16, y, [words["bank"], c.fit(d["iban"], side - 24, size - 2), f"{words['phone']} {d['phone']}"], size - 2,
-            bold_first=True)
+    c.lines(
+        16,
+        y,
+        [words["bank"], c.fit(d["iban"], side - 24, size - 2), f"{words['phone']} {d['phone']}"],
+        size - 2,
+        bold_first=True,
+    )
     x0 = side + 28
     c.text(x0, 40, words["invoice"], size * 2.6, bold=True, fill=c.style.accent)
     y = 40 + size * 5
@@ -431,7 +547,9 @@ LAYOUTS: dict[str, Layout] = {
 
 def random_style(inv: InvoiceContent, rng: random.Random, monospace: bool = False) -> Style:
     """Pick a font that covers the locale's characters, a size and a colour."""
-    families = [f for f in font_families() if f.monospace == monospace and f.covers(inv.locale.symbol + "äéö")]
+    families = [
+        f for f in font_families() if f.monospace == monospace and f.covers(inv.locale.symbol + "äéö")
+    ]
     ink = rng.choice(((0, 0, 0), (25, 25, 25), (40, 40, 55)))
     return Style(rng.choice(families), rng.uniform(8.0, 10.5), rng.choice(ACCENTS), ink, rng.randrange(3))
 
