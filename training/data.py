@@ -94,11 +94,13 @@ def read_split(split_dir: Path) -> list[Record]:
 
 
 def write_split(split_dir: Path, records: Iterable[Record]) -> None:
-    """Write `metadata.jsonl` atomically (a crash never leaves half a file)."""
+    """Write `metadata.jsonl` atomically (a crash never leaves half a file), sorted by file name so that the
+    bytes of a dataset do not depend on the order its documents arrived in."""
     split_dir = Path(split_dir)
     split_dir.mkdir(parents=True, exist_ok=True)
     tmp = split_dir / f".{METADATA}.tmp"
-    tmp.write_text("".join(record.to_json() + "\n" for record in records), encoding="utf-8")
+    lines = sorted(records, key=lambda record: record.file_name)
+    tmp.write_text("".join(record.to_json() + "\n" for record in lines), encoding="utf-8")
     tmp.replace(split_dir / METADATA)
 
 
@@ -108,6 +110,10 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _same_file(source: Path, destination: Path) -> bool:
+    return destination.exists() and sha256_file(destination) == sha256_file(source)
 
 
 def upsert(dataset_dir: Path, split: str, new: list[tuple[Record, Path]]) -> dict[str, int]:
@@ -126,16 +132,20 @@ def upsert(dataset_dir: Path, split: str, new: list[tuple[Record, Path]]) -> dic
         target = home.get(record.doc_id, split)
         records = existing[target]
         old = next((r for r in records if r.doc_id == record.doc_id), None)
-        destination = dataset_dir / target / record.file_name
-        same_image = destination.exists() and sha256_file(destination) == sha256_file(image)
-        if old is not None and old.to_json() == record.to_json() and same_image:
+        # The image and, where there is one, its PDF twin travel together.
+        files = [(image, record.file_name)]
+        pdf = record.meta.get("pdf")
+        if pdf and (image.parent / pdf).is_file():
+            files.append((image.parent / pdf, pdf))
+        changed = [
+            (source, name) for source, name in files if not _same_file(source, dataset_dir / target / name)
+        ]
+        if old is not None and old.to_json() == record.to_json() and not changed:
             counts["unchanged"] += 1
             continue
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        if not same_image:
-            shutil.copyfile(image, destination)
-        if record.meta.get("pdf") and (image.parent / record.meta["pdf"]).is_file():
-            shutil.copyfile(image.parent / record.meta["pdf"], destination.parent / record.meta["pdf"])
+        (dataset_dir / target).mkdir(parents=True, exist_ok=True)
+        for source, name in changed:
+            shutil.copyfile(source, dataset_dir / target / name)
         if old is None:
             records.append(record)
             counts["added"] += 1

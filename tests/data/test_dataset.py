@@ -66,3 +66,12 @@ def test_a_correction_stays_in_the_split_where_the_document_lives(generated, tmp
     assert upsert(target, "train", [(corrected, target / "test" / record.file_name)])["updated"] == 1
     assert [r.gt_parse["vendor_name"] for r in read_split(target / "test") if r.doc_id == record.doc_id] == ["Corrected GmbH"]
     assert record.doc_id not in ids_by_split(target)["train"]
+
+
+def test_a_changed_pdf_twin_is_copied_again(generated, tmp_path):
+    target = tmp_path / "labeled"
+    merge_dataset(generated, target, "synthetic")
+    split, record = next((s, r) for s in SPLITS for r in read_split(generated / s) if r.meta.get("pdf"))
+    (target / split / record.meta["pdf"]).write_bytes(b"%PDF-1.4 stale")
+    assert merge_dataset(generated, target, "synthetic")["updated"] == 1
+    assert (target / split / record.meta["pdf"]).read_bytes() == (generated / split / record.meta["pdf"]).read_bytes()
