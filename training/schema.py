@@ -47,67 +47,78 @@ DECIMAL_PATTERN = r"^-?\d+(?:\.\d+)?$"
 ISO_DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
 CENT = Decimal("0.01")
 
-_MONTHS = {
-    # English, German, French, Spanish, Swedish month names and their usual abbreviations.
-    **{
-        m: i
-        for i, m in enumerate(
-            ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], 1
-        )
-    },
-    **{
-        m: i
-        for i, m in enumerate(
-            [
-                "januar",
-                "februar",
-                "märz",
-                "april",
-                "mai",
-                "juni",
-                "juli",
-                "august",
-                "september",
-                "oktober",
-                "november",
-                "dezember",
-            ],
-            1,
-        )
-    },
-    **{
-        m: i
-        for i, m in enumerate(
-            ["janv", "févr", "mars", "avr", "mai", "juin", "juil", "août", "sept", "oct", "nov", "déc"], 1
-        )
-    },
-    **{
-        m: i
-        for i, m in enumerate(
-            [
-                "janvier",
-                "février",
-                "mars",
-                "avril",
-                "mai",
-                "juin",
-                "juillet",
-                "août",
-                "septembre",
-                "octobre",
-                "novembre",
-                "décembre",
-            ],
-            1,
-        )
-    },
-    "sept": 9,
-    "mär": 3,
-    "okt": 10,
-    "dez": 12,
-    "maj": 5,
-    "okt.": 10,
+# Month names the generator prints and the date parser reads.
+MONTH_NAMES: dict[str, tuple[str, ...]] = {
+    "en": (
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ),
+    "de": (
+        "Januar",
+        "Februar",
+        "März",
+        "April",
+        "Mai",
+        "Juni",
+        "Juli",
+        "August",
+        "September",
+        "Oktober",
+        "November",
+        "Dezember",
+    ),
+    "fr": (
+        "janvier",
+        "février",
+        "mars",
+        "avril",
+        "mai",
+        "juin",
+        "juillet",
+        "août",
+        "septembre",
+        "octobre",
+        "novembre",
+        "décembre",
+    ),
 }
+_FRENCH_ABBREVIATIONS = (
+    "janv",
+    "févr",
+    "mars",
+    "avr",
+    "mai",
+    "juin",
+    "juil",
+    "août",
+    "sept",
+    "oct",
+    "nov",
+    "déc",
+)
+
+
+def _month_numbers() -> dict[str, int]:
+    """Full names and abbreviations (the usual ones, and the first three letters) to month numbers."""
+    numbers: dict[str, int] = {}
+    for names in (*MONTH_NAMES.values(), _FRENCH_ABBREVIATIONS):
+        for number, name in enumerate(names, 1):
+            numbers[name.lower()] = number
+            numbers.setdefault(name.lower()[:3], number)
+    return numbers
+
+
+_MONTHS = _month_numbers()
 
 
 class LabelError(ValueError):

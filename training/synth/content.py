@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from training.schema import quantize_money
+from training.schema import MONTH_NAMES, quantize_money
 
 
 @dataclass(frozen=True)
@@ -54,20 +54,6 @@ _EN_WORDS = {
     "page": "Page 1 of 1",
     "order_date": "Order Date",
 }
-_EN_MONTHS = (
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-)
 
 LOCALES: tuple[Locale, ...] = (
     Locale(
@@ -90,7 +76,7 @@ LOCALES: tuple[Locale, ...] = (
         ),
         ("Inc.", "LLC", "Corp.", "Co."),
         ("Main St", "Oak Ave", "Market St", "Pine Rd", "Elm Blvd", "Lake Dr"),
-        month_names=_EN_MONTHS,
+        month_names=MONTH_NAMES["en"],
     ),
     Locale(
         "en_GB",
@@ -111,7 +97,7 @@ LOCALES: tuple[Locale, ...] = (
         ),
         ("Ltd", "PLC", "LLP"),
         ("High Street", "Station Road", "Church Lane", "Mill Road", "Park Avenue"),
-        month_names=_EN_MONTHS,
+        month_names=MONTH_NAMES["en"],
     ),
     Locale(
         "de_DE",
@@ -155,20 +141,7 @@ LOCALES: tuple[Locale, ...] = (
         ("GmbH", "AG", "KG", "GmbH & Co. KG"),
         ("Hauptstraße", "Bahnhofstraße", "Gartenweg", "Lindenallee", "Schulstraße"),
         address_style="number_after",
-        month_names=(
-            "Januar",
-            "Februar",
-            "März",
-            "April",
-            "Mai",
-            "Juni",
-            "Juli",
-            "August",
-            "September",
-            "Oktober",
-            "November",
-            "Dezember",
-        ),
+        month_names=MONTH_NAMES["de"],
     ),
     Locale(
         "fr_FR",
@@ -211,20 +184,7 @@ LOCALES: tuple[Locale, ...] = (
         ),
         ("SARL", "SAS", "SA"),
         ("rue de la Paix", "avenue Victor Hugo", "boulevard Voltaire", "rue du Moulin"),
-        month_names=(
-            "janvier",
-            "février",
-            "mars",
-            "avril",
-            "mai",
-            "juin",
-            "juillet",
-            "août",
-            "septembre",
-            "octobre",
-            "novembre",
-            "décembre",
-        ),
+        month_names=MONTH_NAMES["fr"],
     ),
     Locale(
         "de_CH",
@@ -313,7 +273,7 @@ LOCALES: tuple[Locale, ...] = (
         (("Mumbai", "400001"), ("Bengaluru", "560001"), ("Pune", "411001"), ("Chennai", "600001")),
         ("Pvt. Ltd.", "LLP", "Ltd."),
         ("MG Road", "Park Street", "Brigade Road", "Linking Road"),
-        month_names=_EN_MONTHS,
+        month_names=MONTH_NAMES["en"],
     ),
     Locale(
         "en_CA",
@@ -333,7 +293,7 @@ LOCALES: tuple[Locale, ...] = (
         ),
         ("Inc.", "Ltd.", "Corp."),
         ("King St W", "Bay St", "Granville St", "Rideau St"),
-        month_names=_EN_MONTHS,
+        month_names=MONTH_NAMES["en"],
     ),
 )
 
