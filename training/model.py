@@ -1,0 +1,255 @@
+"""transformers' own Donut: a DonutSwin encoder and an MBart decoder, built from presets or loaded.
+
+Three ways to a model:
+- `build_model(preset)`: a fresh model from a preset (`tiny` for this CPU, `gpu` for an accelerator);
+- `load_pretrained(path_or_hub_id)`: any Donut saved in transformers' format (e.g. `naver-clova-ix/donut-base`
+  or a local folder), with the invoice tags added to its tokenizer;
+- `import_donut_python(folder)`: a donut-python checkpoint (timm Swin keys + MBart decoder) converted in memory.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    DonutProcessor,
+    DonutSwinConfig,
+    DonutSwinModel,
+    MBartConfig,
+    MBartForCausalLM,
+    VisionEncoderDecoderModel,
+)
+from transformers.models.donut.image_processing_pil_donut import DonutImageProcessorPil
+
+from training.tokenizer import TASK_TOKENS, load_tokenizer
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and input resolution of a Donut built from scratch."""
+
+    image_size: tuple[int, int] = (960, 720)  # (height, width)
+    patch_size: int = 8
+    embed_dim: int = 64
+    depths: tuple[int, ...] = (2, 2, 2)
+    num_heads: tuple[int, ...] = (2, 4, 8)
+    window_size: int = 10
+    decoder_layers: int = 2
+    d_model: int = 256
+    decoder_heads: int = 4
+    decoder_ffn_dim: int = 1024
+    max_length: int = 1024
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def with_overrides(self, **overrides: Any) -> ModelConfig:
+        known = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if v is not None}
+        return replace(self, **known)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # Trains on a 2-core CPU: ~5M parameters, patch 8, 0.45 s per batch-4 step in bf16 at 960x720.
+    "tiny": ModelConfig(),
+    # For an accelerator: donut-base-like widths at a page-sized resolution.
+    "gpu": ModelConfig(
+        image_size=(1280, 960),
+        patch_size=4,
+        embed_dim=128,
+        depths=(2, 2, 6, 2),
+        num_heads=(4, 8, 16, 32),
+        decoder_layers=4,
+        d_model=512,
+        decoder_heads=8,
+        decoder_ffn_dim=2048,
+    ),
+}
+
+
+def image_processor(image_size: tuple[int, int]) -> DonutImageProcessorPil:
+    """Donut's resize-and-pad to (height, width), without rotating portrait pages."""
+    height, width = image_size
+    return DonutImageProcessorPil(
+        size={"height": height, "width": width}, do_align_long_axis=False, do_thumbnail=True, do_pad=True
+    )
+
+
+def _configure_generation(model: VisionEncoderDecoderModel, tokenizer, max_length: int) -> None:
+    model.config.decoder_start_token_id = tokenizer.convert_tokens_to_ids(TASK_TOKENS["invoice"])
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.decoder_start_token_id = model.config.decoder_start_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.max_length = max_length
+
+
+def build_model(config: ModelConfig, tokenizer) -> tuple[VisionEncoderDecoderModel, DonutProcessor]:
+    """A freshly initialised Donut for `config`, with its processor."""
+    encoder = DonutSwinModel(
+        DonutSwinConfig(
+            image_size=list(config.image_size),
+            patch_size=config.patch_size,
+            embed_dim=config.embed_dim,
+            depths=list(config.depths),
+            num_heads=list(config.num_heads),
+            window_size=config.window_size,
+        )
+    )
+    decoder = MBartForCausalLM(
+        MBartConfig(
+            vocab_size=len(tokenizer),
+            d_model=config.d_model,
+            decoder_layers=config.decoder_layers,
+            decoder_attention_heads=config.decoder_heads,
+            decoder_ffn_dim=config.decoder_ffn_dim,
+            max_position_embeddings=config.max_length,
+            is_decoder=True,
+            is_encoder_decoder=False,
+            add_cross_attention=True,
+            scale_embedding=True,
+            add_final_layer_norm=True,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
+    model = VisionEncoderDecoderModel(encoder=encoder, decoder=decoder)
+    _configure_generation(model, tokenizer, config.max_length)
+    return model, DonutProcessor(image_processor=image_processor(config.image_size), tokenizer=tokenizer)
+
+
+def save_model(model: VisionEncoderDecoderModel, processor: DonutProcessor, out_dir: Path) -> None:
+    """Save in transformers' format (safetensors), loadable by `load_pretrained`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+
+
+def load_pretrained(name_or_path: str | Path) -> tuple[VisionEncoderDecoderModel, DonutProcessor]:
+    """Load any transformers-format Donut (local folder or hub id) and make it speak the invoice tags.
+
+    Tags missing from its tokenizer are added and the decoder's embeddings grown to match.
+    """
+    source = str(name_or_path)
+    tokenizer = load_tokenizer(source)
+    model = VisionEncoderDecoderModel.from_pretrained(source)
+    if model.decoder.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.decoder.resize_token_embeddings(len(tokenizer))
+    processor_image = DonutProcessor.from_pretrained(source).image_processor
+    height, width = processor_image.size["height"], processor_image.size["width"]
+    max_length = model.decoder.config.max_position_embeddings
+    _configure_generation(model, tokenizer, max_length)
+    return model, DonutProcessor(image_processor=image_processor((height, width)), tokenizer=tokenizer)
+
+
+# ---------------------------------------------------------------- donut-python checkpoints
+
+
+def _donut_python_key(key: str) -> str | None:
+    """Name of a donut-python (timm Swin + MBart) weight in transformers' Donut; None for dropped buffers."""
+    if "attn_mask" in key or key.startswith("encoder.model.norm.") or key.startswith("encoder.model.head"):
+        return None
+    if key.startswith("decoder.model."):
+        return "decoder." + key[len("decoder.model.") :]
+    name = key.replace("encoder.model.", "encoder.", 1)
+    name = name.replace("patch_embed.proj", "embeddings.patch_embeddings.projection")
+    name = name.replace("patch_embed.norm", "embeddings.norm")
+    name = name.replace("encoder.layers.", "encoder.encoder.layers.")
+    replacements = {
+        "attn.proj": "attention.output.dense",
+        "attn.relative_position": "attention.self.relative_position",
+        "norm1": "layernorm_before",
+        "norm2": "layernorm_after",
+        "mlp.fc1": "intermediate.dense",
+        "mlp.fc2": "output.dense",
+    }
+    for old, new in replacements.items():
+        name = name.replace(old, new)
+    return name
+
+
+def convert_donut_python_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename donut-python weights and split timm's fused `qkv` into query/key/value."""
+    converted = {}
+    for key, tensor in state.items():
+        if ".attn.qkv." in key:
+            prefix = _donut_python_key(key.split(".attn.qkv.")[0])
+            kind = key.rsplit(".", 1)[1]
+            for name, part in zip(("query", "key", "value"), tensor.chunk(3, dim=0), strict=True):
+                converted[f"{prefix}.attention.self.{name}.{kind}"] = part
+            continue
+        name = _donut_python_key(key)
+        if name is not None:
+            converted[name] = tensor
+    return converted
+
+
+def _infer_donut_python_config(state: dict[str, torch.Tensor], settings: dict[str, Any]) -> ModelConfig:
+    """Architecture from the tensors' shapes (and donut-python's config.json for what shapes don't tell)."""
+    patch = state["encoder.model.patch_embed.proj.weight"]
+    depths = []
+    while any(k.startswith(f"encoder.model.layers.{len(depths)}.") for k in state):
+        stage = len(depths)
+        depths.append(
+            len({k.split(".")[5] for k in state if k.startswith(f"encoder.model.layers.{stage}.blocks.")})
+        )
+    heads = [
+        state[f"encoder.model.layers.{i}.blocks.0.attn.relative_position_bias_table"].shape[1]
+        for i in range(len(depths))
+    ]
+    table = state["encoder.model.layers.0.blocks.0.attn.relative_position_bias_table"].shape[0]
+    decoder_layers = len(
+        {k.split(".")[5] for k in state if k.startswith("decoder.model.model.decoder.layers.")}
+    )
+    embeddings = state["decoder.model.model.decoder.embed_tokens.weight"]
+    return ModelConfig(
+        image_size=tuple(settings.get("input_size", (2560, 1920))),
+        patch_size=patch.shape[-1],
+        embed_dim=patch.shape[0],
+        depths=tuple(depths),
+        num_heads=tuple(heads),
+        window_size=round((table**0.5 + 1) / 2),
+        decoder_layers=decoder_layers,
+        d_model=embeddings.shape[1],
+        decoder_heads=settings.get("decoder_attention_heads", 16),
+        decoder_ffn_dim=state["decoder.model.model.decoder.layers.0.fc1.weight"].shape[0],
+        max_length=state["decoder.model.model.decoder.embed_positions.weight"].shape[0] - 2,
+    )
+
+
+def import_donut_python(folder: Path) -> tuple[VisionEncoderDecoderModel, DonutProcessor]:
+    """Read a donut-python checkpoint folder (`pytorch_model.bin` + `config.json` + its tokenizer files)."""
+    folder = Path(folder)
+    settings = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
+    state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    config = _infer_donut_python_config(state, settings)
+    tokenizer = load_tokenizer(folder)
+    model, processor = build_model(config, tokenizer)
+    converted = convert_donut_python_state_dict(state)
+    vocab_rows = converted["decoder.model.decoder.embed_tokens.weight"].shape[0]
+    if vocab_rows != len(tokenizer):
+        model.decoder.resize_token_embeddings(vocab_rows)
+    missing, unexpected = model.load_state_dict(converted, strict=False)
+    # Only recomputed buffers may be missing; anything unexpected is a mapping error.
+    weights_missing = [k for k in missing if "relative_position_index" not in k]
+    if weights_missing or unexpected:
+        raise ValueError(
+            f"donut-python checkpoint does not match: missing {weights_missing}, unexpected {unexpected}"
+        )
+    if vocab_rows < len(tokenizer):
+        model.decoder.resize_token_embeddings(len(tokenizer))
+    return model, processor
+
+
+def describe(model: VisionEncoderDecoderModel, config: ModelConfig | None = None) -> dict[str, Any]:
+    """Parameter counts and architecture, for run parameters and model cards."""
+    info = {"parameters": sum(p.numel() for p in model.parameters())}
+    info["encoder_parameters"] = sum(p.numel() for p in model.encoder.parameters())
+    if config is not None:
+        info.update(
+            {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items() if k != "extra"}
+        )
+    return info
