@@ -156,7 +156,7 @@ def ted_accuracy(predicted: dict[str, Any], expected: dict[str, Any]) -> float:
     scored = {k: v for k, v in predicted.items() if expected.get(k) is not None}
     reference = {k: v for k, v in expected.items() if v is not None}
     worst = _distance({}, reference)
-    return 1.0 if worst == 0 else max(0.0, 1 - _distance(scored, reference) / worst)
+    return 1.0 if worst == 0 else max(0.0, 1 - float(_distance(scored, reference)) / worst)
 
 
 # ---------------------------------------------------------------- aggregate scores
@@ -190,11 +190,7 @@ def score(
             if support[name]
         },
         "f1": round(f1, 4),
-        "ted_accuracy": round(
-            sum(ted_accuracy(p, e) for p, e in zip(predictions, labels, strict=True)) / n, 4
-        )
-        if n
-        else 0.0,
+        "ted_accuracy": round(sum(ted_accuracy(p, e) for p, e in zip(predictions, labels, strict=True)) / n, 4) if n else 0.0,
         "distinct_share": round(len(set(distinct)) / n, 4) if n else 0.0,
     }
 

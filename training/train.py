@@ -1,0 +1,257 @@
+"""Fine-tuning Donut on labeled invoices: one loop for CPU and GPU, seeded, resumable, early-stopped.
+
+Checkpoints hold the model, optimiser, scheduler, RNG states and the position in the epoch, so a resumed run
+takes exactly the steps the interrupted one would have taken.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from training.evaluate import Example, load_examples, mean_field_accuracy, score
+from training.hardware import autocast, device
+from training.model import PRESETS, ModelConfig, build_model, load_pretrained, save_model
+from training.predict import predict
+from training.tokenizer import build_tokenizer, json2token, label_corpus, load_tokenizer
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; logged as MLflow parameters."""
+
+    data: str = "data"
+    output: str = "var/runs/latest"
+    preset: str = "tiny"
+    base: str | None = None  # a pretrained Donut (local path or hub id) to fine-tune instead of a preset
+    image_size: tuple[int, int] | None = None
+    max_length: int | None = None
+    epochs: int = 20
+    max_steps: int | None = None
+    batch_size: int = 4
+    grad_accum: int = 1
+    learning_rate: float = 3e-4
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    bf16: bool = True
+    eval_every: int = 100
+    eval_samples: int = 32
+    patience: int = 5
+    checkpoint_every: int = 100
+    log_every: int = 10
+    max_train_samples: int | None = None
+    train_split: str = "train"
+    eval_split: str = "validation"
+    vocab_size: int = 2000
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def model_config(self) -> ModelConfig:
+        return PRESETS[self.preset].with_overrides(image_size=self.image_size, max_length=self.max_length)
+
+
+class InvoicePages(Dataset):
+    """Pages as uint8 tensors (preprocessed once, then cached) with their tokenised targets."""
+
+    def __init__(self, examples: list[Example], processor, max_length: int) -> None:
+        self.examples, self.processor, self.max_length = examples, processor, max_length
+        self.cache: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def pixels(self, index: int) -> torch.Tensor:
+        if index not in self.cache:
+            with Image.open(self.examples[index].image) as image:
+                values = self.processor.image_processor(image.convert("RGB"), do_rescale=False, do_normalize=False,
+                                                        return_tensors="pt").pixel_values[0]
+            self.cache[index] = values.round().clamp(0, 255).to(torch.uint8)
+        return self.cache[index]
+
+    def target(self, index: int) -> torch.Tensor:
+        tokenizer = self.processor.tokenizer
+        ids = tokenizer(json2token(self.examples[index].label), add_special_tokens=False).input_ids
+        return torch.tensor([*ids[: self.max_length - 2], tokenizer.eos_token_id])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.pixels(index), self.target(index)
+
+
+def collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Normalise pixels as Donut's processor does ((x/255 - 0.5) / 0.5) and pad labels with -100."""
+    pixels = torch.stack([p for p, _ in batch]).float().div_(127.5).sub_(1.0)
+    labels = torch.nn.utils.rnn.pad_sequence([t for _, t in batch], batch_first=True, padding_value=IGNORE_INDEX)
+    return {"pixel_values": pixels, "labels": labels}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def epoch_order(seed: int, epoch: int, size: int) -> list[int]:
+    """The shuffled order of an epoch, a pure function of (seed, epoch): resuming needs no saved sampler."""
+    generator = torch.Generator().manual_seed(seed * 10_000 + epoch)
+    return torch.randperm(size, generator=generator).tolist()
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best_score: float = -1.0
+    evals_without_improvement: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _checkpoint_path(output: Path) -> Path:
+    return output / "checkpoint" / "last.pt"
+
+
+def save_checkpoint(output: Path, model, optimizer, scheduler, state: TrainState) -> None:
+    path = _checkpoint_path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "state": asdict(state), "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+                "numpy_rng": np.random.get_state()}, tmp)
+    tmp.replace(path)  # a crash mid-save keeps the previous checkpoint
+
+
+def load_checkpoint(output: Path, model, optimizer, scheduler) -> TrainState | None:
+    path = _checkpoint_path(output)
+    if not path.exists():
+        return None
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["torch_rng"])
+    random.setstate(saved["python_rng"])
+    np.random.set_state(saved["numpy_rng"])
+    return TrainState(**saved["state"])
+
+
+def prepare(config: TrainConfig) -> tuple[Any, Any, list[Example], list[Example]]:
+    """Model, processor and the examples: a pretrained base, or a preset with a tokenizer built from the labels."""
+    train_examples = load_examples(Path(config.data) / config.train_split)[: config.max_train_samples]
+    eval_examples = load_examples(Path(config.data) / config.eval_split)
+    if not train_examples:
+        raise ValueError(f"no training examples in {Path(config.data) / config.train_split}")
+    if config.base:
+        model, processor = load_pretrained(config.base)
+    else:
+        tokenizer_dir = Path(config.output) / "tokenizer"
+        # A resumed run must keep the vocabulary its checkpoint was trained with.
+        tokenizer = (load_tokenizer(tokenizer_dir) if (tokenizer_dir / "tokenizer.json").exists()
+                     else build_tokenizer(label_corpus(e.label for e in train_examples), tokenizer_dir, config.vocab_size))
+        model, processor = build_model(config.model_config(), tokenizer)
+    return model, processor, train_examples, eval_examples
+
+
+def evaluate_model(model, processor, examples: list[Example], batch_size: int = 8) -> tuple[dict[str, Any], list]:
+    """Greedy-decode `examples` and score them; returns the scores (with docs/s) and the predictions."""
+    images = []
+    for example in examples:
+        with Image.open(example.image) as image:
+            images.append(image.convert("RGB"))
+    started = time.perf_counter()
+    predictions = predict(model, processor, images, batch_size=batch_size)
+    seconds = time.perf_counter() - started
+    scores = score([p.fields for p in predictions], [e.label for e in examples], [p.sequence for p in predictions])
+    scores["docs_per_s"] = round(len(examples) / seconds, 3) if seconds else 0.0
+    return scores, predictions
+
+
+Callback = Callable[[str, dict[str, Any], int], None]
+
+
+def train(config: TrainConfig, log: Callback | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) training; `log(kind, values, step)` receives "step" and "eval" metrics as they come."""
+    log = log or (lambda kind, values, step: None)
+    seed_everything(config.seed)
+    output = Path(config.output)
+    model, processor, train_examples, eval_examples = prepare(config)
+    target = device()
+    model.to(target)
+    max_length = model.generation_config.max_length
+    dataset = InvoicePages(train_examples, processor, max_length)
+    eval_subset = eval_examples[: config.eval_samples]
+    steps_per_epoch = math.ceil(len(dataset) / config.batch_size / config.grad_accum)
+    total_steps = config.max_steps or steps_per_epoch * config.epochs
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, min(config.warmup_steps, total_steps // 10), total_steps)
+    state = load_checkpoint(output, model, optimizer, scheduler) or TrainState()
+    (output / "config.json").parent.mkdir(parents=True, exist_ok=True)
+    (output / "config.json").write_text(json.dumps(asdict(config), indent=2, default=str))
+
+    bar = tqdm(total=total_steps, initial=state.step, desc="training", unit="step", disable=not progress)
+    window_started, window_samples, stopped_early = time.perf_counter(), 0, False
+    while state.step < total_steps and not stopped_early:
+        order = epoch_order(config.seed, state.epoch, len(dataset))
+        batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+        while state.batch_in_epoch < len(batches) and state.step < total_steps:
+            model.train()
+            group = batches[state.batch_in_epoch : state.batch_in_epoch + config.grad_accum]
+            loss_sum = 0.0
+            for indices in group:
+                batch = {k: v.to(target) for k, v in collate([dataset[i] for i in indices]).items()}
+                with autocast(config.bf16):
+                    loss = model(**batch).loss / len(group)
+                loss.backward()
+                loss_sum += loss.item()
+                window_samples += len(indices)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.batch_in_epoch += len(group)
+            bar.update()
+            elapsed = time.perf_counter() - window_started
+            bar.set_postfix(loss=f"{loss_sum:.3f}", samples_s=f"{window_samples / elapsed:.2f}")
+            state.history.append({"step": state.step, "loss": loss_sum})
+            if state.step % config.log_every == 0 or state.step == total_steps:
+                log("step", {"loss": loss_sum, "learning_rate": scheduler.get_last_lr()[0],
+                             "samples_per_s": window_samples / elapsed}, state.step)
+                window_started, window_samples = time.perf_counter(), 0
+            if eval_subset and (state.step % config.eval_every == 0 or state.step == total_steps):
+                scores, _ = evaluate_model(model, processor, eval_subset)
+                current = mean_field_accuracy(scores)
+                log("eval", {**scores, "mean_field_accuracy": current}, state.step)
+                if current > state.best_score:
+                    state.best_score, state.evals_without_improvement = current, 0
+                    save_model(model, processor, output / "best")
+                else:
+                    state.evals_without_improvement += 1
+                    stopped_early = state.evals_without_improvement >= config.patience
+                    if stopped_early:
+                        break
+            if state.step % config.checkpoint_every == 0:
+                save_checkpoint(output, model, optimizer, scheduler, state)
+        if state.batch_in_epoch >= len(batches):
+            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+    bar.close()
+    save_checkpoint(output, model, optimizer, scheduler, state)
+    if not (output / "best").exists():
+        save_model(model, processor, output / "best")
+    return {"steps": state.step, "epochs": state.epoch, "best_mean_field_accuracy": state.best_score,
+            "stopped_early": stopped_early, "model_dir": str(output / "best"), "final_loss": state.history[-1]["loss"] if state.history else None}
