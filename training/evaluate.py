@@ -190,7 +190,11 @@ def score(
             if support[name]
         },
         "f1": round(f1, 4),
-        "ted_accuracy": round(sum(ted_accuracy(p, e) for p, e in zip(predictions, labels, strict=True)) / n, 4) if n else 0.0,
+        "ted_accuracy": round(
+            sum(ted_accuracy(p, e) for p, e in zip(predictions, labels, strict=True)) / n, 4
+        )
+        if n
+        else 0.0,
         "distinct_share": round(len(set(distinct)) / n, 4) if n else 0.0,
     }
 

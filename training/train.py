@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
@@ -79,8 +79,9 @@ class InvoicePages(Dataset):
     def pixels(self, index: int) -> torch.Tensor:
         if index not in self.cache:
             with Image.open(self.examples[index].image) as image:
-                values = self.processor.image_processor(image.convert("RGB"), do_rescale=False, do_normalize=False,
-                                                        return_tensors="pt").pixel_values[0]
+                values = self.processor.image_processor(
+                    image.convert("RGB"), do_rescale=False, do_normalize=False, return_tensors="pt"
+                ).pixel_values[0]
             self.cache[index] = values.round().clamp(0, 255).to(torch.uint8)
         return self.cache[index]
 
@@ -96,7 +97,9 @@ class InvoicePages(Dataset):
 def collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Normalise pixels as Donut's processor does ((x/255 - 0.5) / 0.5) and pad labels with -100."""
     pixels = torch.stack([p for p, _ in batch]).float().div_(127.5).sub_(1.0)
-    labels = torch.nn.utils.rnn.pad_sequence([t for _, t in batch], batch_first=True, padding_value=IGNORE_INDEX)
+    labels = torch.nn.utils.rnn.pad_sequence(
+        [t for _, t in batch], batch_first=True, padding_value=IGNORE_INDEX
+    )
     return {"pixel_values": pixels, "labels": labels}
 
 
@@ -130,9 +133,18 @@ def save_checkpoint(output: Path, model, optimizer, scheduler, state: TrainState
     path = _checkpoint_path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "state": asdict(state), "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
-                "numpy_rng": np.random.get_state()}, tmp)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "state": asdict(state),
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": random.getstate(),
+            "numpy_rng": np.random.get_state(),
+        },
+        tmp,
+    )
     tmp.replace(path)  # a crash mid-save keeps the previous checkpoint
 
 
@@ -161,13 +173,20 @@ def prepare(config: TrainConfig) -> tuple[Any, Any, list[Example], list[Example]
     else:
         tokenizer_dir = Path(config.output) / "tokenizer"
         # A resumed run must keep the vocabulary its checkpoint was trained with.
-        tokenizer = (load_tokenizer(tokenizer_dir) if (tokenizer_dir / "tokenizer.json").exists()
-                     else build_tokenizer(label_corpus(e.label for e in train_examples), tokenizer_dir, config.vocab_size))
+        tokenizer = (
+            load_tokenizer(tokenizer_dir)
+            if (tokenizer_dir / "tokenizer.json").exists()
+            else build_tokenizer(
+                label_corpus(e.label for e in train_examples), tokenizer_dir, config.vocab_size
+            )
+        )
         model, processor = build_model(config.model_config(), tokenizer)
     return model, processor, train_examples, eval_examples
 
 
-def evaluate_model(model, processor, examples: list[Example], batch_size: int = 8) -> tuple[dict[str, Any], list]:
+def evaluate_model(
+    model, processor, examples: list[Example], batch_size: int = 8
+) -> tuple[dict[str, Any], list]:
     """Greedy-decode `examples` and score them; returns the scores (with docs/s) and the predictions."""
     images = []
     for example in examples:
@@ -176,7 +195,9 @@ def evaluate_model(model, processor, examples: list[Example], batch_size: int = 
     started = time.perf_counter()
     predictions = predict(model, processor, images, batch_size=batch_size)
     seconds = time.perf_counter() - started
-    scores = score([p.fields for p in predictions], [e.label for e in examples], [p.sequence for p in predictions])
+    scores = score(
+        [p.fields for p in predictions], [e.label for e in examples], [p.sequence for p in predictions]
+    )
     scores["docs_per_s"] = round(len(examples) / seconds, 3) if seconds else 0.0
     return scores, predictions
 
@@ -197,8 +218,12 @@ def train(config: TrainConfig, log: Callback | None = None, progress: bool = Tru
     eval_subset = eval_examples[: config.eval_samples]
     steps_per_epoch = math.ceil(len(dataset) / config.batch_size / config.grad_accum)
     total_steps = config.max_steps or steps_per_epoch * config.epochs
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, min(config.warmup_steps, total_steps // 10), total_steps)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer, min(config.warmup_steps, total_steps // 10), total_steps
+    )
     state = load_checkpoint(output, model, optimizer, scheduler) or TrainState()
     (output / "config.json").parent.mkdir(parents=True, exist_ok=True)
     (output / "config.json").write_text(json.dumps(asdict(config), indent=2, default=str))
@@ -230,8 +255,15 @@ def train(config: TrainConfig, log: Callback | None = None, progress: bool = Tru
             bar.set_postfix(loss=f"{loss_sum:.3f}", samples_s=f"{window_samples / elapsed:.2f}")
             state.history.append({"step": state.step, "loss": loss_sum})
             if state.step % config.log_every == 0 or state.step == total_steps:
-                log("step", {"loss": loss_sum, "learning_rate": scheduler.get_last_lr()[0],
-                             "samples_per_s": window_samples / elapsed}, state.step)
+                log(
+                    "step",
+                    {
+                        "loss": loss_sum,
+                        "learning_rate": scheduler.get_last_lr()[0],
+                        "samples_per_s": window_samples / elapsed,
+                    },
+                    state.step,
+                )
                 window_started, window_samples = time.perf_counter(), 0
             if eval_subset and (state.step % config.eval_every == 0 or state.step == total_steps):
                 scores, _ = evaluate_model(model, processor, eval_subset)
@@ -240,6 +272,9 @@ def train(config: TrainConfig, log: Callback | None = None, progress: bool = Tru
                 if current > state.best_score:
                     state.best_score, state.evals_without_improvement = current, 0
                     save_model(model, processor, output / "best")
+                    stopped_early = current >= 1.0  # every field right: nothing left to learn here
+                    if stopped_early:
+                        break
                 else:
                     state.evals_without_improvement += 1
                     stopped_early = state.evals_without_improvement >= config.patience
@@ -253,5 +288,11 @@ def train(config: TrainConfig, log: Callback | None = None, progress: bool = Tru
     save_checkpoint(output, model, optimizer, scheduler, state)
     if not (output / "best").exists():
         save_model(model, processor, output / "best")
-    return {"steps": state.step, "epochs": state.epoch, "best_mean_field_accuracy": state.best_score,
-            "stopped_early": stopped_early, "model_dir": str(output / "best"), "final_loss": state.history[-1]["loss"] if state.history else None}
+    return {
+        "steps": state.step,
+        "epochs": state.epoch,
+        "best_mean_field_accuracy": state.best_score,
+        "stopped_early": stopped_early,
+        "model_dir": str(output / "best"),
+        "final_loss": state.history[-1]["loss"] if state.history else None,
+    }

@@ -53,3 +53,48 @@ def version_dataset(path: Path, push: bool = True, cwd: Path = PROJECT_ROOT) -> 
     if push:
         dvc("push", f"{Path(path).name}.dvc", cwd=cwd)
     return data_version(cwd / f"{Path(path).name}.dvc")
+
+
+def content_fingerprint(folder: Path) -> str:
+    """sha256 over every file's relative path and bytes: identifies an untracked dataset folder exactly."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return "sha256:" + digest.hexdigest()
+
+
+def dataset_version(folder: Path) -> dict[str, Any]:
+    """The version a training run records for its data: DVC's md5 where `<folder>.dvc` tracks the folder,
+    else a content fingerprint (so that a run on an ad-hoc folder still names its exact data)."""
+    folder = Path(folder).resolve()
+    dvc_file = folder.parent / f"{folder.name}.dvc"
+    if dvc_file.exists():
+        try:
+            check_workspace_matches(dvc_file)
+            return {
+                "data_version": data_version(dvc_file)["md5"],
+                "data_version_source": "dvc",
+                "data_path": str(folder),
+            }
+        except DataVersionError:
+            pass  # edited since `dvc add`: the recorded md5 would lie, so fingerprint what is really there
+    return {
+        "data_version": content_fingerprint(folder),
+        "data_version_source": "content",
+        "data_path": str(folder),
+    }
+
+
+def git_commit(cwd: Path = PROJECT_ROOT) -> str:
+    """HEAD's commit, with `-dirty` when tracked files have uncommitted changes."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    commit = git("rev-parse", "HEAD") or "unknown"
+    return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")

@@ -1,0 +1,177 @@
+"""Training behaviour: the pipeline learns, runs are tracked in a real MLflow server, resume is exact."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from training.data import read_split, write_split
+from training.synth.generate import GeneratorConfig, generate_dataset
+from training.train import TrainConfig, train
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on a free port with its own SQLite store and artifact folder."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    log = (root / "server.log").open("w")
+    process = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                break
+        except OSError:
+            assert process.poll() is None, (root / "server.log").read_text()
+            time.sleep(1)
+    else:
+        raise AssertionError("mlflow server did not become healthy:\n" + (root / "server.log").read_text())
+    os.environ["MLFLOW_TRACKING_URI"] = url
+    yield url
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def handful(tmp_path_factory) -> Path:
+    """Four clean invoices with at most two line items, used as both train and validation split."""
+    out = tmp_path_factory.mktemp("handful")
+    generate_dataset(GeneratorConfig(n=60, seed=5, degrade_share=0.0, pdf_share=0.0), out, progress=False)
+    chosen = [r for r in read_split(out / "train") if len(r.gt_parse["line_items"]) <= 2][:4]
+    for record in chosen:
+        shutil.copy(out / "train" / record.file_name, out / "validation" / record.file_name)
+    write_split(out / "train", chosen)
+    write_split(out / "validation", chosen)
+    return out
+
+
+def handful_config(data: Path, output: Path, **overrides) -> TrainConfig:
+    settings = dict(
+        data=str(data),
+        output=str(output),
+        image_size=(640, 480),
+        max_length=384,
+        max_steps=400,
+        batch_size=4,
+        learning_rate=1e-3,
+        warmup_steps=10,
+        eval_every=50,
+        eval_samples=4,
+        patience=100,
+        checkpoint_every=1000,
+        vocab_size=800,
+    )
+    return TrainConfig(**{**settings, **overrides})
+
+
+@pytest.mark.slow
+def test_tiny_model_learns_a_handful_of_invoices_and_the_run_is_tracked(mlflow_server, handful, tmp_path):
+    import mlflow
+
+    from training.tracking import MODEL_NAME, train_and_log
+
+    result = train_and_log(handful_config(handful, tmp_path / "run"), progress=False)
+    assert result["scores"]["n"] == 4
+    assert {f: v["accuracy"] for f, v in result["scores"]["per_field"].items()} == dict.fromkeys(
+        result["scores"]["per_field"], 1.0
+    )
+    assert result["scores"]["distinct_share"] == 1.0 and result["stopped_early"] is True
+
+    client = mlflow.MlflowClient(mlflow_server)
+    run = client.get_run(result["run_id"])
+    params = run.data.params
+    assert params["preset"] == "tiny" and params["learning_rate"] == "0.001" and params["hw_device"] == "cpu"
+    assert params["data_version"].startswith("sha256:") and params["data_version_source"] == "content"
+    assert len(params["git_commit"]) >= 40 and int(params["model_parameters"]) > 1_000_000
+    assert run.data.metrics["final_accuracy_total"] == 1.0 and run.data.metrics["final_f1"] == 1.0
+    losses = client.get_metric_history(result["run_id"], "loss")
+    assert len(losses) >= 10 and losses[-1].value < losses[0].value / 10
+    assert {m.key for m in client.get_metric_history(result["run_id"], "samples_per_s")} == {"samples_per_s"}
+    assert client.get_metric_history(result["run_id"], "accuracy_invoice_number")[-1].value == 1.0
+    artifacts = {a.path for a in client.list_artifacts(result["run_id"], "evaluation")}
+    assert {
+        "evaluation/field_accuracy.png",
+        "evaluation/sample_predictions.png",
+        "evaluation/scores.json",
+    } <= artifacts
+    assert [a.path for a in client.list_artifacts(result["run_id"], "config")] == ["config/config.json"]
+
+    version = client.get_model_version_by_alias(MODEL_NAME, "challenger")
+    assert version.run_id == result["run_id"] and version.version == result["registered_version"]
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@challenger")
+    assert [i.name for i in model.metadata.get_input_schema().inputs] == ["image"]
+    record = read_split(handful / "validation")[0]
+    image = base64.b64encode((handful / "validation" / record.file_name).read_bytes()).decode()
+    output = model.predict(pd.DataFrame({"image": [image]}))
+    assert json.loads(output["fields"][0]) == record.gt_parse
+    confidence = json.loads(output["confidence"][0])
+    assert set(confidence) >= {"vendor_name", "total"} and all(0 < p <= 1 for p in confidence.values())
+
+
+def test_resume_from_checkpoint_gives_the_same_next_loss(handful, tmp_path):
+    config = handful_config(
+        handful, tmp_path / "uninterrupted", max_steps=4, checkpoint_every=2, eval_every=1000, log_every=1
+    )
+    snapshot = tmp_path / "interrupted"
+
+    def keep_step_two_checkpoint(kind, values, step):
+        if step == 3:  # the step-2 checkpoint is on disk: keep it as if the run had died right after it
+            shutil.copytree(Path(config.output), snapshot)
+
+    uninterrupted = train(config, log=keep_step_two_checkpoint, progress=False)
+    losses = {}
+
+    def record(kind, values, step):
+        if kind == "step":
+            losses[step] = values["loss"]
+
+    resumed = train(TrainConfig(**{**config.__dict__, "output": str(snapshot)}), log=record, progress=False)
+    assert resumed["steps"] == uninterrupted["steps"] == 4
+    assert sorted(losses) == [3, 4], "the resumed run starts after the checkpointed step"
+    expected = {entry["step"]: entry["loss"] for entry in _history(tmp_path / "uninterrupted")}
+    assert losses[3] == pytest.approx(expected[3], abs=1e-6) and losses[4] == pytest.approx(
+        expected[4], abs=1e-6
+    )
+
+
+def _history(output: Path) -> list[dict]:
+    import torch
+
+    return torch.load(output / "checkpoint" / "last.pt", weights_only=False)["state"]["history"]
