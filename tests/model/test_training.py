@@ -104,7 +104,6 @@ def handful_config(data: Path, output: Path, **overrides) -> TrainConfig:
 @pytest.mark.slow
 def test_tiny_model_learns_a_handful_of_invoices_and_the_run_is_tracked(mlflow_server, handful, tmp_path):
     import mlflow
-
     from training.tracking import MODEL_NAME, train_and_log
 
     result = train_and_log(handful_config(handful, tmp_path / "run"), progress=False)
