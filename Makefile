@@ -16,11 +16,19 @@ DVC_REMOTE_URL ?= $(HOME)/.local/share/invoice-mlops/dvc-remote
 DATA ?= data
 N ?=
 PYTEST_ARGS ?=
+ARGS ?=
+DATASET ?= data/test
+MODEL ?=
+# MLflow: one SQLite store and artifact folder shared by the server and by runs made while it is down.
+MLFLOW_PORT ?= 5000
+MLFLOW_BACKEND_STORE_URI ?= sqlite:///$(CURDIR)/var/mlflow/mlflow.db
+MLFLOW_ARTIFACT_ROOT ?= file://$(CURDIR)/var/mlflow/artifacts
+export MLFLOW_PORT
 
 export PATH := $(abspath $(ML)/bin):$(PATH)
 export INVOICE_PROJECT_ROOT := $(CURDIR)
 
-.PHONY: help setup lock data validate test lint bench demo clean
+.PHONY: help setup lock data validate train evaluate up down test lint bench demo clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -62,6 +70,25 @@ data: setup ## Generate the synthetic invoices (N=... overrides params.yaml), me
 
 validate: setup ## Run the Great Expectations suite on DATA (default data/); report in var/reports/validation/
 	invoice data validate $(DATA) --report-dir var/reports/validation
+
+train: setup ## Fine-tune Donut (params.yaml train:; ARGS="--max-steps 200"), tracked in MLflow, registered as challenger
+	invoice model train $(ARGS)
+
+evaluate: setup ## Score MODEL (default: champion, else challenger) on DATASET (Donut split or labels.jsonl folder)
+	invoice model evaluate $(DATASET) $(if $(MODEL),--model $(MODEL)) $(ARGS)
+
+up: setup ## Start the MLflow server on MLFLOW_PORT (health-checked; log in var/log/mlflow.log)
+	mkdir -p var/log var/run var/mlflow/artifacts
+	if [ -f var/run/mlflow.pid ] && kill -0 $$(cat var/run/mlflow.pid) 2>/dev/null; then echo "MLflow already running"; else \
+	  nohup $(ML)/bin/mlflow server --backend-store-uri $(MLFLOW_BACKEND_STORE_URI) --default-artifact-root $(MLFLOW_ARTIFACT_ROOT) \
+	    --no-serve-artifacts --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 > var/log/mlflow.log 2>&1 & echo $$! > var/run/mlflow.pid; fi
+	for i in $$(seq 90); do curl -sf http://127.0.0.1:$(MLFLOW_PORT)/health >/dev/null && break; sleep 1; done
+	curl -sf http://127.0.0.1:$(MLFLOW_PORT)/health >/dev/null || (tail -20 var/log/mlflow.log; exit 1)
+	@echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)  (store $(MLFLOW_BACKEND_STORE_URI), artifacts $(MLFLOW_ARTIFACT_ROOT))"
+
+down: ## Stop the services started by make up
+	for pidfile in var/run/*.pid; do [ -f "$$pidfile" ] || continue; kill $$(cat $$pidfile) 2>/dev/null || true; rm -f $$pidfile; done
+	@echo "services stopped"
 
 test: setup ## Run the test suite (code, data and model behaviour)
 	$(ML)/bin/pytest $(PYTEST_ARGS)

@@ -18,7 +18,9 @@ app = typer.Typer(
     help="Invoice extraction platform: data, model, gate and serving stages.", no_args_is_help=True
 )
 data_app = typer.Typer(help="Labeled data: generate, import, validate, version.", no_args_is_help=True)
+model_app = typer.Typer(help="Model: train, evaluate.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(model_app, name="model")
 console = Console(stderr=True)
 
 
@@ -148,6 +150,119 @@ def version() -> None:
     from training.versioning import data_version
 
     _print_json(data_version())
+
+
+def _image_size(value: str | None) -> tuple[int, int] | None:
+    if not value:
+        return None
+    height, _, width = value.lower().partition("x")
+    return int(height), int(width)
+
+
+@model_app.command("train")
+def train_cmd(
+    preset: Annotated[str | None, typer.Option(help="tiny (CPU) or gpu; ignored with --base.")] = None,
+    base: Annotated[
+        str | None, typer.Option(help="Pretrained Donut to fine-tune: local path or hub id.")
+    ] = None,
+    data: Annotated[str | None, typer.Option(help="Dataset folder in Donut's layout.")] = None,
+    output: Annotated[
+        str | None, typer.Option(help="Run folder: checkpoints, best model, artifacts.")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option()] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimiser steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    grad_accum: Annotated[int | None, typer.Option(help="Batches per optimiser step.")] = None,
+    learning_rate: Annotated[float | None, typer.Option()] = None,
+    image_size: Annotated[str | None, typer.Option(help="HEIGHTxWIDTH, e.g. 960x720.")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    register: Annotated[
+        bool, typer.Option(help="Register the model as invoice-extractor@challenger.")
+    ] = True,
+) -> None:
+    """Fine-tune Donut with every step tracked in MLflow; registers the result as the challenger."""
+    from dataclasses import fields
+
+    from training.tracking import train_and_log, use_tracking
+    from training.train import TrainConfig
+
+    settings = {
+        f.name: load_params("train")[f.name] for f in fields(TrainConfig) if f.name in load_params("train")
+    }
+    cli = {
+        "preset": preset,
+        "base": base,
+        "data": data,
+        "output": output,
+        "epochs": epochs,
+        "max_steps": max_steps,
+        "batch_size": batch_size,
+        "grad_accum": grad_accum,
+        "learning_rate": learning_rate,
+        "image_size": _image_size(image_size),
+        "seed": seed,
+    }
+    settings.update({k: v for k, v in cli.items() if v is not None})
+    if isinstance(settings.get("image_size"), list):
+        settings["image_size"] = tuple(settings["image_size"])
+    config = TrainConfig(**settings)
+    console.print(f"tracking to {use_tracking()}; run folder {config.output}")
+    result = train_and_log(config, register=register)
+    console.print(
+        f"[green]run {result['run_id']}[/]: best mean field accuracy {result['best_mean_field_accuracy']:.3f} "
+        f"after {result['steps']} steps; model {result.get('registered_version', 'not registered')}"
+    )
+    _print_json({k: v for k, v in result.items() if k != "scores"})
+
+
+def _load_for_evaluation(model: str | None):
+    """A transformers-format folder, a `models:/` URI, or by default the champion (else the challenger)."""
+    if model and not model.startswith(("models:/", "runs:/")):
+        from training.model import load_pretrained
+
+        return (*load_pretrained(model), model)
+    import mlflow
+    from training.tracking import MODEL_NAME, use_tracking
+
+    use_tracking()
+    if model is None:
+        client = mlflow.MlflowClient()
+        aliases = (
+            client.get_registered_model(MODEL_NAME).aliases
+            if client.search_registered_models(f"name='{MODEL_NAME}'")
+            else {}
+        )
+        alias = next((a for a in ("champion", "challenger") if a in aliases), None)
+        if alias is None:
+            raise typer.BadParameter(
+                f"no champion or challenger registered for {MODEL_NAME}: train one first (make train)"
+            )
+        model = f"models:/{MODEL_NAME}@{alias}"
+    extractor = mlflow.pyfunc.load_model(model).unwrap_python_model()
+    return extractor.model, extractor.processor, model
+
+
+@model_app.command("evaluate")
+def evaluate_cmd(
+    dataset: Annotated[Path, typer.Argument(help="A Donut split folder or a labels.jsonl + images/ folder.")],
+    model: Annotated[
+        str | None, typer.Option(help="models:/invoice-extractor@alias, runs:/..., or a model folder.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Score only the first N documents.")] = None,
+    batch_size: Annotated[int, typer.Option()] = 8,
+) -> None:
+    """Score a model on a labeled folder; the last line is one JSON object with the figures."""
+    from training.evaluate import load_examples, score_by_slice
+    from training.train import evaluate_model
+
+    examples = load_examples(dataset)[:limit]
+    loaded_model, processor, source = _load_for_evaluation(model)
+    console.print(f"evaluating {source} on {len(examples)} documents of {dataset}")
+    scores, predictions = evaluate_model(loaded_model, processor, examples, batch_size=batch_size)
+    for name, slice_scores in score_by_slice([p.fields for p in predictions], examples).items():
+        accuracy = {f: v["accuracy"] for f, v in slice_scores["per_field"].items()}
+        console.print(f"slice {name}: n={slice_scores['n']} f1={slice_scores['f1']} {accuracy}")
+    _print_json({key: scores[key] for key in ("n", "per_field", "f1", "ted_accuracy", "docs_per_s")})
 
 
 if __name__ == "__main__":
