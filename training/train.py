@@ -26,7 +26,7 @@ from training.evaluate import Example, load_examples, mean_field_accuracy, score
 from training.hardware import autocast, device
 from training.model import PRESETS, ModelConfig, build_model, load_pretrained, save_model
 from training.predict import predict
-from training.tokenizer import build_tokenizer, json2token, label_corpus, load_tokenizer
+from training.tokenizer import TASK_TOKENS, build_tokenizer, json2token, label_corpus, load_tokenizer
 
 IGNORE_INDEX = -100
 
@@ -60,6 +60,8 @@ class TrainConfig:
     train_split: str = "train"
     eval_split: str = "validation"
     vocab_size: int = 2000
+    reading_steps: int = 0  # curriculum: steps of whole-page reading before field extraction
+    max_minutes: float | None = None  # stop (checkpointed, resumable) after this much training time
     extra: dict[str, Any] = field(default_factory=dict)
 
     def model_config(self) -> ModelConfig:
@@ -67,7 +69,8 @@ class TrainConfig:
 
 
 class InvoicePages(Dataset):
-    """Pages as uint8 tensors (preprocessed once, then cached) with their tokenised targets."""
+    """Pages as uint8 tensors (preprocessed once, then cached) with their tokenised targets for a task:
+    `invoice` (the fields) or `reading` (the page transcript, Donut's pretraining task)."""
 
     def __init__(self, examples: list[Example], processor, max_length: int) -> None:
         self.examples, self.processor, self.max_length = examples, processor, max_length
@@ -85,22 +88,27 @@ class InvoicePages(Dataset):
             self.cache[index] = values.round().clamp(0, 255).to(torch.uint8)
         return self.cache[index]
 
-    def target(self, index: int) -> torch.Tensor:
+    def sequence(self, index: int, task: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(decoder_input_ids, labels)`: the input starts with the task token, the labels end with `</s>`."""
         tokenizer = self.processor.tokenizer
-        ids = tokenizer(json2token(self.examples[index].label), add_special_tokens=False).input_ids
-        return torch.tensor([*ids[: self.max_length - 2], tokenizer.eos_token_id])
+        example = self.examples[index]
+        text = example.meta.get("text") if task == "reading" else None
+        if text is None:
+            task, text = "invoice", json2token(example.label)
+        ids = tokenizer(text, add_special_tokens=False).input_ids[: self.max_length - 2]
+        start = tokenizer.convert_tokens_to_ids(TASK_TOKENS[task])
+        return torch.tensor([start, *ids]), torch.tensor([*ids, tokenizer.eos_token_id])
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.pixels(index), self.target(index)
-
-
-def collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Normalise pixels as Donut's processor does ((x/255 - 0.5) / 0.5) and pad labels with -100."""
-    pixels = torch.stack([p for p, _ in batch]).float().div_(127.5).sub_(1.0)
-    labels = torch.nn.utils.rnn.pad_sequence(
-        [t for _, t in batch], batch_first=True, padding_value=IGNORE_INDEX
-    )
-    return {"pixel_values": pixels, "labels": labels}
+    def batch(self, indices: list[int], task: str) -> dict[str, torch.Tensor]:
+        """Normalise pixels as Donut's processor does ((x/255 - 0.5) / 0.5) and pad the sequences."""
+        pixels = torch.stack([self.pixels(i) for i in indices]).float().div_(127.5).sub_(1.0)
+        inputs, labels = zip(*(self.sequence(i, task) for i in indices), strict=True)
+        pad = self.processor.tokenizer.pad_token_id
+        return {
+            "pixel_values": pixels,
+            "decoder_input_ids": torch.nn.utils.rnn.pad_sequence(inputs, batch_first=True, padding_value=pad),
+            "labels": torch.nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=IGNORE_INDEX),
+        }
 
 
 def seed_everything(seed: int) -> None:
@@ -230,15 +238,23 @@ def train(config: TrainConfig, log: Callback | None = None, progress: bool = Tru
 
     bar = tqdm(total=total_steps, initial=state.step, desc="training", unit="step", disable=not progress)
     window_started, window_samples, stopped_early = time.perf_counter(), 0, False
-    while state.step < total_steps and not stopped_early:
+    run_started = time.perf_counter()
+
+    def out_of_time() -> bool:
+        return (
+            config.max_minutes is not None and (time.perf_counter() - run_started) / 60 >= config.max_minutes
+        )
+
+    while state.step < total_steps and not stopped_early and not out_of_time():
         order = epoch_order(config.seed, state.epoch, len(dataset))
         batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
-        while state.batch_in_epoch < len(batches) and state.step < total_steps:
+        while state.batch_in_epoch < len(batches) and state.step < total_steps and not out_of_time():
             model.train()
+            task = "reading" if state.step < config.reading_steps else "invoice"
             group = batches[state.batch_in_epoch : state.batch_in_epoch + config.grad_accum]
             loss_sum = 0.0
             for indices in group:
-                batch = {k: v.to(target) for k, v in collate([dataset[i] for i in indices]).items()}
+                batch = {k: v.to(target) for k, v in dataset.batch(indices, task).items()}
                 with autocast(config.bf16):
                     loss = model(**batch).loss / len(group)
                 loss.backward()

@@ -133,3 +133,14 @@ def test_images_decode(generated):
     for split, record in all_records(generated):
         with Image.open(generated / split / record.file_name) as image:
             image.load()
+
+
+def test_transcript_holds_the_printed_values_in_reading_order():
+    invoice = make_invoice(GeneratorConfig(n=1, seed=3, layouts=("classic",), degrade_share=0.0), 0)
+    text = invoice.meta["text"]
+    assert invoice.label["invoice_number"] in text and invoice.label["vendor_name"] in text
+    lines = text.splitlines()
+    assert lines[0].startswith(invoice.label["vendor_name"])
+    assert text.index(invoice.label["invoice_number"]) < text.index(
+        invoice.label["line_items"][0]["description"]
+    )

@@ -174,3 +174,30 @@ def _history(output: Path) -> list[dict]:
     import torch
 
     return torch.load(output / "checkpoint" / "last.pt", weights_only=False)["state"]["history"]
+
+
+def test_reading_curriculum_targets_the_page_transcript(handful, tmp_path):
+    """The reading task starts from <s_reading> and spells the page's text; the field task from <s_invoice>."""
+    from training.evaluate import load_examples
+    from training.tokenizer import TASK_TOKENS
+    from training.train import InvoicePages, prepare
+
+    config = handful_config(handful, tmp_path / "curriculum", max_steps=3, reading_steps=2, eval_every=1000)
+    _, processor, examples, _ = prepare(config)
+    pages = InvoicePages(examples, processor, max_length=384)
+    tokenizer = processor.tokenizer
+    inputs, labels = pages.sequence(0, "reading")
+    assert inputs[0].item() == tokenizer.convert_tokens_to_ids(TASK_TOKENS["reading"])
+    assert labels[-1].item() == tokenizer.eos_token_id and torch_equal(inputs[1:], labels[:-1])
+    transcript = load_examples(handful / "train")[0].meta["text"]
+    assert tokenizer.decode(labels[:-1]).split()[:3] == transcript.split()[:3]
+    inputs, _ = pages.sequence(0, "invoice")
+    assert inputs[0].item() == tokenizer.convert_tokens_to_ids(TASK_TOKENS["invoice"])
+
+    steps = []
+    summary = train(config, log=lambda kind, values, step: steps.append((kind, step)), progress=False)
+    assert summary["steps"] == 3 and ("step", 3) in steps
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a == b).all())

@@ -53,7 +53,7 @@ def make_invoice(config: GeneratorConfig, index: int) -> SyntheticInvoice:
     rng = random.Random(f"{config.seed}:{index}")
     content = random_invoice(rng)
     layout = rng.choice(config.layouts)
-    image = render_page(content, layout, rng, config.dpi)
+    image, transcript = render_page(content, layout, rng, config.dpi)
     scanned = rng.random() < config.degrade_share
     if scanned:
         image = degrade(image, rng)
@@ -63,6 +63,7 @@ def make_invoice(config: GeneratorConfig, index: int) -> SyntheticInvoice:
         "locale": content.locale.name,
         "scanned": scanned,
         "seed": config.seed,
+        "text": transcript,  # the page's text in reading order: target of the reading task
     }
     return SyntheticInvoice(f"syn{config.seed}-{index:06d}", image, content.label(), meta)
 

@@ -53,6 +53,7 @@ class Canvas:
             "RGB", (round(self.width * self.scale), round(self.height * self.scale)), "white"
         )
         self.draw = ImageDraw.Draw(self.image)
+        self.spans: list[tuple[float, float, float, str]] = []  # (top, left, size, text) of every text drawn
 
     def _font(self, size: float | None, bold: bool):
         path = self.style.family.bold if bold else self.style.family.regular
@@ -85,7 +86,22 @@ class Canvas:
             font=self._font(size, bold),
             fill=fill or self.style.ink,
         )
+        if text.strip():
+            self.spans.append((y, x - offset[align], size, text.strip()))
         return y + size * 1.35
+
+    def transcript(self) -> str:
+        """The page's text in reading order: spans whose tops are within half a line form one line, left to right.
+        This is the target of Donut's reading (pretraining) task."""
+        lines: list[list[tuple[float, float, float, str]]] = []
+        for span in sorted(self.spans):
+            if lines and span[0] - lines[-1][0][0] < 0.5 * min(span[2], lines[-1][0][2]):
+                lines[-1].append(span)
+            else:
+                lines.append([span])
+        return "\n".join(
+            " ".join(text for _, _, _, text in sorted(line, key=lambda s: s[1])) for line in lines
+        )
 
     def lines(
         self,
@@ -554,8 +570,9 @@ def random_style(inv: InvoiceContent, rng: random.Random, monospace: bool = Fals
     return Style(rng.choice(families), rng.uniform(8.0, 10.5), rng.choice(ACCENTS), ink, rng.randrange(3))
 
 
-def render_page(inv: InvoiceContent, layout: str, rng: random.Random, dpi: int) -> Image.Image:
-    """Draw `inv` with one layout family at `dpi`; receipts get a narrow paper strip and a mono font."""
+def render_page(inv: InvoiceContent, layout: str, rng: random.Random, dpi: int) -> tuple[Image.Image, str]:
+    """Draw `inv` with one layout family at `dpi`; returns the page and its transcript. Receipts get a narrow
+    paper strip and, mostly, a monospace font."""
     is_receipt = layout == "receipt"
     style = random_style(inv, rng, monospace=is_receipt and rng.random() < 0.7)
     if is_receipt:
@@ -565,4 +582,4 @@ def render_page(inv: InvoiceContent, layout: str, rng: random.Random, dpi: int) 
         paper = "Letter" if inv.locale.name in ("en_US", "en_CA") else "A4"
         canvas = Canvas(paper, dpi, style)
     LAYOUTS[layout](canvas, inv, rng)
-    return canvas.image
+    return canvas.image, canvas.transcript()
