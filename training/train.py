@@ -302,6 +302,7 @@ def train(config: TrainConfig, log: Callback | None = None, progress: bool = Tru
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
     bar.close()
     save_checkpoint(output, model, optimizer, scheduler, state)
+    save_model(model, processor, output / "last")
     if not (output / "best").exists():
         save_model(model, processor, output / "best")
     return {
