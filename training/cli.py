@@ -215,6 +215,25 @@ def train_cmd(
     _print_json({k: v for k, v in result.items() if k != "scores"})
 
 
+@model_app.command("import-donut")
+def import_donut_cmd(
+    checkpoint: Annotated[
+        Path,
+        typer.Argument(help="donut-python checkpoint folder (pytorch_model.bin, config.json, tokenizer)."),
+    ],
+    out: Annotated[Path, typer.Option(help="Where to write it in transformers' format (usable as --base).")],
+) -> None:
+    """Convert a donut-python checkpoint (timm Swin + MBart) into transformers' Donut format."""
+    from training.model import describe, import_donut_python, save_model
+
+    model, processor = import_donut_python(checkpoint)
+    save_model(model, processor, out)
+    console.print(
+        f"[green]converted[/] {checkpoint} -> {out}; fine-tune it with `invoice model train --base {out}`"
+    )
+    _print_json({"out": str(out), **describe(model)})
+
+
 def _load_for_evaluation(model: str | None):
     """A transformers-format folder, a `models:/` URI, or by default the champion (else the challenger)."""
     if model and not model.startswith(("models:/", "runs:/")):

@@ -73,6 +73,12 @@ def _parse(tokens: str, inner: bool = False) -> Any:
 def token2json(sequence: str) -> dict[str, Any]:
     """Parse a generated sequence into a canonical label (fields it lacks are null)."""
     parsed = _parse(sequence)
+    if isinstance(parsed, list):  # a stray <sep/> at the top level: merge the pieces, first value wins
+        merged: dict[str, Any] = {}
+        for piece in parsed:
+            for key, value in piece.items() if isinstance(piece, dict) else ():
+                merged.setdefault(key, value)
+        parsed = merged
     label = empty_label()
     for field in SCALAR_FIELDS:
         value = parsed.get(field)

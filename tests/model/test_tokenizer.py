@@ -32,6 +32,8 @@ def test_token2json_tolerates_broken_model_output():
     parsed = token2json(broken)
     assert parsed["total"] == "5.00" and parsed["currency"] == "EUR" and parsed["vendor_name"] is None
     assert token2json("garbage without tags") == empty_label()
+    stray_separator = token2json("<s_invoice><s_total>1.00</s_total><sep/><s_tax>0.19</s_tax><s_total>9</s_total>")
+    assert stray_separator["total"] == "1.00" and stray_separator["tax"] == "0.19"
 
 
 def test_real_labels_with_partial_line_items_round_trip():
