@@ -61,3 +61,15 @@ def test_labels_round_trip_through_the_tokenizer(tokenizer, labels):
         ids = tokenizer(target_sequence(label), add_special_tokens=False).input_ids
         text = tokenizer.decode(ids, skip_special_tokens=False)
         assert token2json(text) == label
+
+
+def test_token2json_never_raises_on_random_tag_soup():
+    """An untrained decoder emits any mix of tags and text: parsing must always give a canonical label."""
+    import random
+
+    pieces = [*special_tokens(), "ACME", "12.50", " ", "</s>", "<s_unknown>", "</s_unknown>"]
+    rng = random.Random(0)
+    for _ in range(2000):
+        label = token2json("".join(rng.choice(pieces) for _ in range(rng.randint(0, 30))))
+        assert set(label) == set(empty_label())
+        assert all(value is None or isinstance(value, str) for key, value in label.items() if key != "line_items")
