@@ -130,15 +130,25 @@ def test_donut_python_checkpoint_imports_with_identical_outputs(
     assert processor.image_processor.size == {"height": 320, "width": 240}
 
 
-def test_import_donut_cli_writes_a_checkpoint_that_loads_as_a_base(micro_config, tokenizer, tokenizer_dir, tmp_path):
+def test_import_donut_cli_writes_a_checkpoint_that_loads_as_a_base(
+    micro_config, tokenizer, tokenizer_dir, tmp_path
+):
     import subprocess
 
     original, _ = build_model(micro_config, tokenizer)
     write_donut_python_checkpoint(original, tokenizer_dir, tmp_path / "donut", micro_config.image_size)
-    result = subprocess.run(["invoice", "model", "import-donut", str(tmp_path / "donut"), "--out", str(tmp_path / "converted")],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        ["invoice", "model", "import-donut", str(tmp_path / "donut"), "--out", str(tmp_path / "converted")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.strip().splitlines()[-1])["parameters"] == sum(p.numel() for p in original.parameters())
+    assert json.loads(result.stdout.strip().splitlines()[-1])["parameters"] == sum(
+        p.numel() for p in original.parameters()
+    )
     converted, _ = load_pretrained(tmp_path / "converted")
     pixel_values, ids = inputs(micro_config, tokenizer)
-    assert torch.allclose(logits(original, pixel_values, ids), logits(converted, pixel_values, ids), atol=1e-5)
+    assert torch.allclose(
+        logits(original, pixel_values, ids), logits(converted, pixel_values, ids), atol=1e-5
+    )

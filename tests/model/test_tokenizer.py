@@ -32,7 +32,9 @@ def test_token2json_tolerates_broken_model_output():
     parsed = token2json(broken)
     assert parsed["total"] == "5.00" and parsed["currency"] == "EUR" and parsed["vendor_name"] is None
     assert token2json("garbage without tags") == empty_label()
-    stray_separator = token2json("<s_invoice><s_total>1.00</s_total><sep/><s_tax>0.19</s_tax><s_total>9</s_total>")
+    stray_separator = token2json(
+        "<s_invoice><s_total>1.00</s_total><sep/><s_tax>0.19</s_tax><s_total>9</s_total>"
+    )
     assert stray_separator["total"] == "1.00" and stray_separator["tax"] == "0.19"
 
 
@@ -72,4 +74,6 @@ def test_token2json_never_raises_on_random_tag_soup():
     for _ in range(2000):
         label = token2json("".join(rng.choice(pieces) for _ in range(rng.randint(0, 30))))
         assert set(label) == set(empty_label())
-        assert all(value is None or isinstance(value, str) for key, value in label.items() if key != "line_items")
+        assert all(
+            value is None or isinstance(value, str) for key, value in label.items() if key != "line_items"
+        )
