@@ -186,9 +186,8 @@ def train_cmd(
     from training.tracking import train_and_log, use_tracking
     from training.train import TrainConfig
 
-    settings = {
-        f.name: load_params("train")[f.name] for f in fields(TrainConfig) if f.name in load_params("train")
-    }
+    defaults = load_params("train")
+    settings = {f.name: defaults[f.name] for f in fields(TrainConfig) if f.name in defaults}
     cli = {
         "preset": preset,
         "base": base,

@@ -10,7 +10,7 @@ Three ways to a model:
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,6 @@ class ModelConfig:
     decoder_heads: int = 4
     decoder_ffn_dim: int = 1024
     max_length: int = 1024
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def with_overrides(self, **overrides: Any) -> ModelConfig:
         known = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if v is not None}
@@ -249,7 +248,5 @@ def describe(model: VisionEncoderDecoderModel, config: ModelConfig | None = None
     info = {"parameters": sum(p.numel() for p in model.parameters())}
     info["encoder_parameters"] = sum(p.numel() for p in model.encoder.parameters())
     if config is not None:
-        info.update(
-            {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items() if k != "extra"}
-        )
+        info.update({k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()})
     return info

@@ -104,9 +104,9 @@ def flat_scores(scores: dict[str, Any], prefix: str = "") -> dict[str, float]:
 
 def run_params(config: TrainConfig) -> dict[str, Any]:
     """Every hyperparameter, the architecture, the exact data version, the code version and the hardware."""
-    params: dict[str, Any] = {k: v for k, v in asdict(config).items() if k != "extra"}
+    params: dict[str, Any] = asdict(config)
     if not config.base:
-        params.update({f"model_{k}": v for k, v in asdict(config.model_config()).items() if k != "extra"})
+        params.update({f"model_{k}": v for k, v in asdict(config.model_config()).items()})
     params.update(dataset_version(Path(config.data)))
     params["git_commit"] = git_commit()
     params.update({f"hw_{k}": v for k, v in hardware.describe().items()})

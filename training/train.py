@@ -62,7 +62,6 @@ class TrainConfig:
     vocab_size: int = 2000
     reading_steps: int = 0  # curriculum: steps of whole-page reading before field extraction
     max_minutes: float | None = None  # stop (checkpointed, resumable) after this much training time
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def model_config(self) -> ModelConfig:
         return PRESETS[self.preset].with_overrides(image_size=self.image_size, max_length=self.max_length)
