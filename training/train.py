@@ -170,7 +170,8 @@ def load_checkpoint(output: Path, model, optimizer, scheduler) -> TrainState | N
 
 
 def prepare(config: TrainConfig) -> tuple[Any, Any, list[Example], list[Example]]:
-    """Model, processor and the examples: a pretrained base, or a preset with a tokenizer built from the labels."""
+    """Model, processor and the examples: a pretrained base, or a preset with a tokenizer built from the labels
+    and page transcripts of the training split."""
     train_examples = load_examples(Path(config.data) / config.train_split)[: config.max_train_samples]
     eval_examples = load_examples(Path(config.data) / config.eval_split)
     if not train_examples:
@@ -184,7 +185,12 @@ def prepare(config: TrainConfig) -> tuple[Any, Any, list[Example], list[Example]
             load_tokenizer(tokenizer_dir)
             if (tokenizer_dir / "tokenizer.json").exists()
             else build_tokenizer(
-                label_corpus(e.label for e in train_examples), tokenizer_dir, config.vocab_size
+                [
+                    *label_corpus(e.label for e in train_examples),
+                    *(e.meta["text"] for e in train_examples if e.meta.get("text")),
+                ],
+                tokenizer_dir,
+                config.vocab_size,
             )
         )
         model, processor = build_model(config.model_config(), tokenizer)
