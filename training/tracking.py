@@ -81,16 +81,14 @@ class InvoiceExtractor(PythonModel):
         )
 
 
-def encode_image(path: Path, max_side: int | None = None) -> str:
-    """Base64 of an image file (optionally shrunk, for input examples)."""
+def thumbnail_base64(path: Path, max_side: int) -> str:
+    """A small PNG of an image file, base64-encoded: the model's input example."""
     with Image.open(path) as image:
-        if max_side:
-            image = image.convert("RGB")
-            image.thumbnail((max_side, max_side))
-            buffer = io.BytesIO()
-            image.save(buffer, "PNG")
-            return base64.b64encode(buffer.getvalue()).decode()
-    return base64.b64encode(Path(path).read_bytes()).decode()
+        image = image.convert("RGB")
+        image.thumbnail((max_side, max_side))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
 
 
 def flat_scores(scores: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -139,7 +137,7 @@ def train_and_log(config: TrainConfig, register: bool = True, progress: bool = T
         plots.prediction_sheet(examples[:6], predictions[:6], artifacts / "sample_predictions.png")
         mlflow.log_artifacts(str(artifacts), artifact_path="evaluation")
         mlflow.log_artifact(str(Path(config.output) / "config.json"), artifact_path="config")
-        input_example = pd.DataFrame({"image": [encode_image(examples[0].image, max_side=256)]})
+        input_example = pd.DataFrame({"image": [thumbnail_base64(examples[0].image, max_side=256)]})
         output_example = pd.DataFrame(
             {
                 "fields": [json.dumps(predictions[0].fields)],

@@ -293,14 +293,12 @@ def train(config: TrainConfig, log: Callback | None = None, progress: bool = Tru
                 if current > state.best_score:
                     state.best_score, state.evals_without_improvement = current, 0
                     save_model(model, processor, output / "best")
-                    stopped_early = current >= 1.0  # every field right: nothing left to learn here
-                    if stopped_early:
-                        break
                 else:
                     state.evals_without_improvement += 1
-                    stopped_early = state.evals_without_improvement >= config.patience
-                    if stopped_early:
-                        break
+                # Stop when patience runs out, or when every field is right: nothing left to learn here.
+                stopped_early = state.evals_without_improvement >= config.patience or current >= 1.0
+                if stopped_early:
+                    break
             if state.step % config.checkpoint_every == 0:
                 save_checkpoint(output, model, optimizer, scheduler, state)
         if state.batch_in_epoch >= len(batches):
