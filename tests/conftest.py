@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
+from training.data import SPLITS, read_split
+from training.model import PRESETS, ModelConfig
 from training.synth.generate import GeneratorConfig, generate_dataset
+from training.tokenizer import build_tokenizer, label_corpus
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The real-invoice sample lives beside the checkout; tests may read it, the product never does.
@@ -46,3 +53,85 @@ def realdata() -> Path:
         f"the real-invoice sample is expected at {REALDATA}"
     )
     return REALDATA
+
+
+@pytest.fixture(scope="session")
+def labels(generated: Path) -> list[dict]:
+    return [record.gt_parse for split in SPLITS for record in read_split(generated / split)]
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory, labels: list[dict]) -> Path:
+    out = tmp_path_factory.mktemp("tokenizer")
+    build_tokenizer(label_corpus(labels), out, vocab_size=800)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_dir: Path):
+    from training.tokenizer import load_tokenizer
+
+    return load_tokenizer(tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def micro_config() -> ModelConfig:
+    """Small enough that a forward pass takes milliseconds."""
+    return PRESETS["tiny"].with_overrides(
+        image_size=(320, 240),
+        depths=(1, 1, 1),
+        decoder_layers=1,
+        d_model=128,
+        decoder_heads=4,
+        decoder_ffn_dim=256,
+        max_length=512,
+        window_size=5,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on a free port with its own SQLite store and artifact folder."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    log = (root / "server.log").open("w")
+    process = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                break
+        except OSError:
+            assert process.poll() is None, (root / "server.log").read_text()
+            time.sleep(1)
+    else:
+        raise AssertionError("mlflow server did not become healthy:\n" + (root / "server.log").read_text())
+    os.environ["MLFLOW_TRACKING_URI"] = url
+    yield url
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    process.terminate()
+    process.wait(timeout=30)

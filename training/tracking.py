@@ -20,7 +20,7 @@ from training import hardware, plots
 from training.config import PROJECT_ROOT
 from training.evaluate import load_examples, score_by_slice
 from training.model import describe, load_pretrained
-from training.predict import predict
+from training.predict import Prediction, predict
 from training.train import TrainConfig, evaluate_model, train
 from training.versioning import dataset_version, git_commit
 
@@ -54,7 +54,9 @@ def use_tracking() -> str:
     mlflow.set_registry_uri(uri)
     if mlflow.get_experiment_by_name(EXPERIMENT) is None:
         # A local store keeps artifacts beside its database, not in the working directory.
-        location = None if uri.startswith("http") else (LOCAL_STORE / "artifacts").as_uri()
+        location = None
+        if uri.startswith("sqlite:///"):
+            location = (Path(uri[len("sqlite:///") :]).parent / "artifacts").as_uri()
         mlflow.create_experiment(EXPERIMENT, artifact_location=location)
     mlflow.set_experiment(EXPERIMENT)
     return uri
@@ -111,6 +113,32 @@ def run_params(config: TrainConfig) -> dict[str, Any]:
     return params
 
 
+def log_extractor(
+    model_dir: str | Path, example_image: Path, example: Prediction, register: bool = True
+) -> dict[str, Any]:
+    """Log a transformers-format model folder as the pyfunc extractor of the active run; with `register`,
+    register it as a new version of the invoice extractor holding the `challenger` alias."""
+    input_example = pd.DataFrame({"image": [thumbnail_base64(example_image, max_side=256)]})
+    output_example = pd.DataFrame(
+        {"fields": [json.dumps(example.fields)], "confidence": [json.dumps(example.confidence)]}
+    )
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=InvoiceExtractor(),
+        artifacts={"model_dir": str(model_dir)},
+        code_paths=[str(PROJECT_ROOT / "training")],
+        signature=mlflow.models.infer_signature(input_example, output_example),
+        input_example=input_example,
+        registered_model_name=MODEL_NAME if register else None,
+    )
+    logged: dict[str, Any] = {"model_uri": info.model_uri}
+    if register:
+        version = info.registered_model_version
+        mlflow.MlflowClient().set_registered_model_alias(MODEL_NAME, "challenger", version)
+        logged["registered_version"] = version
+    return logged
+
+
 def train_and_log(config: TrainConfig, register: bool = True, progress: bool = True) -> dict[str, Any]:
     """Train with every step and evaluation logged to MLflow, then log, register and alias the model."""
     use_tracking()
@@ -137,26 +165,6 @@ def train_and_log(config: TrainConfig, register: bool = True, progress: bool = T
         plots.prediction_sheet(examples[:6], predictions[:6], artifacts / "sample_predictions.png")
         mlflow.log_artifacts(str(artifacts), artifact_path="evaluation")
         mlflow.log_artifact(str(Path(config.output) / "config.json"), artifact_path="config")
-        input_example = pd.DataFrame({"image": [thumbnail_base64(examples[0].image, max_side=256)]})
-        output_example = pd.DataFrame(
-            {
-                "fields": [json.dumps(predictions[0].fields)],
-                "confidence": [json.dumps(predictions[0].confidence)],
-            }
-        )
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=InvoiceExtractor(),
-            artifacts={"model_dir": summary["model_dir"]},
-            code_paths=[str(PROJECT_ROOT / "training")],
-            signature=mlflow.models.infer_signature(input_example, output_example),
-            input_example=input_example,
-            registered_model_name=MODEL_NAME if register else None,
-        )
-        result = {**summary, "run_id": run.info.run_id, "scores": scores, "model_uri": info.model_uri}
-        if register:
-            client = mlflow.MlflowClient()
-            version = info.registered_model_version
-            client.set_registered_model_alias(MODEL_NAME, "challenger", version)
-            result["registered_version"] = version
+        result = {**summary, "run_id": run.info.run_id, "scores": scores}
+        result.update(log_extractor(summary["model_dir"], examples[0].image, predictions[0], register))
     return result

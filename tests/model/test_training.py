@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -19,54 +13,6 @@ import pytest
 from training.data import read_split, write_split
 from training.synth.generate import GeneratorConfig, generate_dataset
 from training.train import TrainConfig, train
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` on a free port with its own SQLite store and artifact folder."""
-    root = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    log = (root / "server.log").open("w")
-    process = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(root / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                break
-        except OSError:
-            assert process.poll() is None, (root / "server.log").read_text()
-            time.sleep(1)
-    else:
-        raise AssertionError("mlflow server did not become healthy:\n" + (root / "server.log").read_text())
-    os.environ["MLFLOW_TRACKING_URI"] = url
-    yield url
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    process.terminate()
-    process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
