@@ -24,6 +24,8 @@ MLFLOW_PORT ?= 5000
 MLFLOW_BACKEND_STORE_URI ?= sqlite:///$(CURDIR)/var/mlflow/mlflow.db
 MLFLOW_ARTIFACT_ROOT ?= file://$(CURDIR)/var/mlflow/artifacts
 export MLFLOW_PORT
+# BentoML: `make serve` listens here.
+BENTO_PORT ?= 3000
 
 export PATH := $(abspath $(ML)/bin):$(PATH)
 export INVOICE_PROJECT_ROOT := $(CURDIR)
@@ -89,6 +91,13 @@ up: setup ## Start the MLflow server on MLFLOW_PORT (health-checked; log in var/
 down: ## Stop the services started by make up
 	for pidfile in var/run/*.pid; do [ -f "$$pidfile" ] || continue; kill $$(cat $$pidfile) 2>/dev/null || true; rm -f $$pidfile; done
 	@echo "services stopped"
+
+.PHONY: serve bento
+serve: setup ## Serve POST /extract on BENTO_PORT (default 3000) with the champion of the make-up MLflow store (foreground)
+	BENTOML_DO_NOT_TRACK=true bentoml serve serving.service:InvoiceService --port $(BENTO_PORT)
+
+bento: setup ## Build the service's bento (serving/bentofile.yaml) into the local BentoML store, offline
+	BENTOML_DO_NOT_TRACK=true PATH=$(abspath $(TOOLS)/bin):$$PATH bentoml build -f serving/bentofile.yaml .
 
 test: setup ## Run the test suite (code, data and model behaviour)
 	$(ML)/bin/pytest $(PYTEST_ARGS)

@@ -350,3 +350,40 @@ def test_readiness_waits_for_a_model_and_no_key_means_open(versions, mlflow_serv
         assert response.status_code == 200 and response.json()["model"]["version"] == versions[1]
     finally:
         stop(process)
+
+
+def test_bento_builds_without_network(tmp_path):
+    """`make bento`: the bento holds the service, the training package and params.yaml; no package is locked
+    again and no model is inside, so building needs no network (every proxy here points at a closed port)."""
+    environment = {
+        **os.environ,
+        "BENTOML_HOME": str(tmp_path / "bentoml"),
+        "BENTOML_DO_NOT_TRACK": "true",
+        # BentoML calls uv while writing the bento's install script; the ML environment has no pip to fetch it
+        "PATH": f"{REPO_ROOT / '.venvs' / 'tools' / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        **{name: "http://127.0.0.1:9" for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")},
+    }
+    built = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "bentoml"),
+            "build",
+            "-f",
+            "serving/bentofile.yaml",
+            ".",
+            "-o",
+            "tag",
+        ],
+        cwd=REPO_ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    tag = built.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    name, version = tag.split(":")
+    bento = tmp_path / "bentoml" / "bentos" / name / version
+    assert name == "invoice-extractor"
+    for path in ("src/serving/service.py", "src/training/documents.py", "src/params.yaml", "bento.yaml"):
+        assert (bento / path).exists(), path
+    assert "serving.service:InvoiceService" in (bento / "bento.yaml").read_text()
