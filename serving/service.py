@@ -75,6 +75,12 @@ class Settings:
 
 
 SETTINGS = Settings.from_env()
+# BentoML wants max_batch_size > 1; INVOICE_MAX_BATCH_SIZE=1 turns batching off (one request per forward pass).
+BATCHING: dict[str, Any] = (
+    {"batchable": True, "max_batch_size": SETTINGS.max_batch_size, "max_latency_ms": SETTINGS.max_latency_ms}
+    if SETTINGS.max_batch_size > 1
+    else {}
+)
 
 # ------------------------------------------------------------------ metrics (besides BentoML's own
 # bentoml_service_request_total / _request_duration_seconds / _request_in_progress / _adaptive_batch_size)
@@ -156,6 +162,7 @@ class InvoiceReader:
         self.current: Loaded | None = None  # replaced whole, never mutated: readers take one snapshot
         self.last_error: str | None = None
         self._load_lock = threading.Lock()
+        self._predict_lock = threading.Lock()
         self._stop = threading.Event()
         MODEL_VERSION.set(0)
         threading.Thread(target=self._watch, name="model-watch", daemon=True).start()
@@ -209,9 +216,7 @@ class InvoiceReader:
     def __is_ready__(self) -> bool:
         return self.current is not None
 
-    @bentoml.api(
-        batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms
-    )
+    @bentoml.api(**BATCHING)
     def read(self, pages: list[Image]) -> list[dict[str, Any]]:
         """One forward pass over the pages of every request in the batch; each answer names its model."""
         loaded = self.current
@@ -219,8 +224,9 @@ class InvoiceReader:
             return [{"error": "not_ready"} for _ in pages]
         from training.predict import predict
 
-        started = time.perf_counter()
-        predictions = predict(loaded.model, loaded.processor, pages, batch_size=len(pages))
+        with self._predict_lock:  # one forward pass at a time (BentoML's batcher sends one batch at a time)
+            started = time.perf_counter()
+            predictions = predict(loaded.model, loaded.processor, pages, batch_size=len(pages))
         BATCH_SECONDS.observe(time.perf_counter() - started)
         BATCH_SIZE.observe(len(pages))
         model = loaded.describe()
