@@ -354,11 +354,237 @@ Real documents, per field, next to the OCR peers:
 """
 
 
+# ---------------------------------------------------------------- serving
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def _http_load(url: str, documents: list[bytes], clients: int, requests_total: int) -> dict[str, float]:
+    """`clients` threads posting documents round-robin to /extract until `requests_total` have answered."""
+    import threading
+
+    import requests
+
+    latencies: list[float] = []
+    failures: list[str] = []
+    counter = iter(range(requests_total))
+    lock = threading.Lock()
+
+    def client() -> None:
+        session = requests.Session()
+        while True:
+            with lock:
+                index = next(counter, None)
+            if index is None:
+                return
+            files = {"file": ("page", documents[index % len(documents)])}
+            started = time.perf_counter()
+            response = session.post(f"{url}/extract", files=files, timeout=600)
+            elapsed = time.perf_counter() - started
+            with lock:
+                (latencies if response.status_code == 200 else failures).append(
+                    elapsed if response.status_code == 200 else response.text
+                )
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    assert not failures, failures[:3]
+    return {
+        "pages_per_s": requests_total / wall,
+        "p50": _percentile(latencies, 50),
+        "p95": _percentile(latencies, 95),
+    }
+
+
+def _serve(root: Path, tracking_uri: str, **env: str):
+    """A `bentoml serve` of serving/service.py on a free port; returns (process, url) once /readyz is 200."""
+    import socket
+    import sys
+
+    import requests
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    environment = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "BENTOML_HOME": str(root / "bentoml"),
+        "BENTOML_DO_NOT_TRACK": "true",
+        **env,
+    }
+    environment.pop("INVOICE_API_KEY", None)
+    log = (root / f"serve-{port}.log").open("w")
+    process = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "bentoml"),
+            "serve",
+            "serving.service:InvoiceService",
+            "--port",
+            str(port),
+        ],
+        cwd=REPO_ROOT,
+        env=environment,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        assert process.poll() is None, (root / f"serve-{port}.log").read_text()
+        try:
+            if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return process, url
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    process.terminate()
+    raise AssertionError("the service did not become ready")
+
+
+def bench_serving(new_tokens: int = 32, pages: int = 16, clients: tuple[int, ...] = (1, 4, 16)) -> str:
+    """HTTP (`bentoml serve`, adaptive batching) against `training.predict.predict` in-process, same model and
+    pages; then the service with batching off (max_batch_size 1) at the highest concurrency."""
+    import torch
+
+    import mlflow
+    from training.data import read_split
+    from training.documents import load_pages
+    from training.model import PRESETS, build_model, save_model
+    from training.predict import Prediction, pixel_values, predict
+    from training.registry import resolve, set_alias
+    from training.schema import empty_label
+    from training.tokenizer import build_tokenizer, label_corpus
+    from training.tracking import log_extractor, use_tracking
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        generate_dataset(GeneratorConfig(n=pages, seed=3, pdf_share=0.0), root / "pages", progress=False)
+        records = read_split(root / "pages" / "train") + read_split(root / "pages" / "validation")
+        records += read_split(root / "pages" / "test")
+        files = sorted(
+            p
+            for split in ("train", "validation", "test")
+            for p in (root / "pages" / split).iterdir()
+            if p.suffix in (".png", ".jpg")
+        )[:pages]
+        documents = [f.read_bytes() for f in files]
+        tokenizer = build_tokenizer(
+            label_corpus(r.gt_parse for r in records), root / "tokenizer", vocab_size=800
+        )
+        torch.manual_seed(0)
+        # Untrained tiny preset, every page decoded to exactly `new_tokens` tokens (min = max length).
+        model, processor = build_model(PRESETS["tiny"].with_overrides(max_length=new_tokens + 1), tokenizer)
+        model.generation_config.min_length = new_tokens + 1
+        save_model(model, processor, root / "model")
+
+        tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+        try:
+            use_tracking()
+            with mlflow.start_run(run_name="bench-serving"):
+                logged = log_extractor(root / "model", files[0], Prediction(empty_label()))
+            set_alias("champion", resolve(str(logged["registered_version"])))
+        finally:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+        images = [load_pages(d)[0] for d in documents]
+        with torch.inference_mode():
+            forced = model.generate(pixel_values(processor, images[:2]), max_length=new_tokens + 1)
+        assert forced.shape[1] == new_tokens + 1, forced.shape  # start token + exactly new_tokens
+        in_process = {}
+        for batch in (1, 8):
+            predict(model, processor, images[:batch], batch_size=batch)  # warm-up
+            times = []
+            for start in range(0, len(images), batch):
+                started = time.perf_counter()
+                predict(model, processor, images[start : start + batch], batch_size=batch)
+                times.append(time.perf_counter() - started)
+            in_process[batch] = {
+                "pages_per_s": len(images) / sum(times),
+                "p50": _percentile(times, 50),
+                "p95": _percentile(times, 95),
+            }
+        del model
+
+        rows = []
+        process, url = _serve(root, tracking_uri)
+        try:
+            _http_load(url, documents, 4, 16)  # BentoML's batching optimiser trains on its first requests
+            for n in clients:
+                rows.append(
+                    (
+                        f"HTTP, batching on (max 8), {n} client(s)",
+                        n,
+                        _http_load(url, documents, n, max(8, 3 * n)),
+                    )
+                )
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
+        process, url = _serve(root, tracking_uri, INVOICE_MAX_BATCH_SIZE="1")
+        try:
+            _http_load(url, documents, 4, 12)
+            top = clients[-1]
+            rows.append(
+                (f"HTTP, batching off (max 1), {top} clients", top, _http_load(url, documents, top, top))
+            )
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
+
+    def row(name, n, r):
+        return f"| {name} | {n} | {r['pages_per_s']:.2f} | {r['p50'] * 1000:.0f} | {r['p95'] * 1000:.0f} |"
+
+    table = "\n".join(
+        [
+            row("in-process `predict`, one page at a time", 1, in_process[1]),
+            row("in-process `predict`, batches of 8", 1, in_process[8]),
+        ]
+        + [row(*r) for r in rows]
+    )
+    one = rows[0][2]
+    overhead = one["p50"] / in_process[1]["p50"] - 1
+    batched, unbatched = rows[len(clients) - 1][2], rows[-1][2]
+    load = os.getloadavg()[0]
+    return f"""## Serving: HTTP against in-process, adaptive batching
+
+`tests/benchmarks/run.py --only serving` on {machine()}: `bentoml serve serving.service:InvoiceService`
+(one reader worker, registry: a throwaway SQLite MLflow store) and `training.predict.predict` in the same
+run, the same model and the same {pages} generated pages (PNG/JPEG, 992x1403). The model is the untrained
+`tiny` preset (960x720) decoding exactly {new_tokens} tokens per page (min = max length), so every page costs
+the same. HTTP latency is per request (one page: upload, decode, batching queue, model, JSON) seen by the
+client; in-process latency is per `predict` call (one page, or a batch of 8 pages). Clients are threads of the
+benchmark process on the same cores; 1-minute load average at the end of the run: {load:.1f}.
+
+| path | concurrent clients | pages/s | p50 ms | p95 ms |
+|---|---|---|---|---|
+{table}
+
+- HTTP overhead at 1 client: p50 {one["p50"] * 1000:.0f} ms against {in_process[1]["p50"] * 1000:.0f} ms
+  in-process, **{overhead:+.0%}** (target: under +15%).
+- Batching at {clients[-1]} clients: {batched["pages_per_s"]:.2f} pages/s with adaptive batching against
+  {unbatched["pages_per_s"]:.2f} pages/s with `INVOICE_MAX_BATCH_SIZE=1` (the same service, one page per forward
+  pass): **x{batched["pages_per_s"] / unbatched["pages_per_s"]:.2f}**; in-process batches of 8 reach
+  {in_process[8]["pages_per_s"]:.2f} pages/s, one page at a time {in_process[1]["pages_per_s"]:.2f} pages/s.
+"""
+
+
 BENCHMARKS: dict[str, Callable[[], str]] = {
     "setup": bench_setup,
     "data": bench_data,
     "model": bench_model,
     "accuracy": bench_accuracy,
+    "serving": bench_serving,
 }
 
 
