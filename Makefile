@@ -19,6 +19,8 @@ PYTEST_ARGS ?=
 ARGS ?=
 DATASET ?= data/test
 MODEL ?=
+CANDIDATE ?= challenger
+CURRENT ?=
 # MLflow: one SQLite store and artifact folder shared by the server and by runs made while it is down.
 MLFLOW_PORT ?= 5000
 MLFLOW_BACKEND_STORE_URI ?= sqlite:///$(CURDIR)/var/mlflow/mlflow.db
@@ -30,7 +32,7 @@ BENTO_PORT ?= 3000
 export PATH := $(abspath $(ML)/bin):$(PATH)
 export INVOICE_PROJECT_ROOT := $(CURDIR)
 
-.PHONY: help setup lock data validate train evaluate up down test lint bench demo clean
+.PHONY: help setup lock data validate train evaluate gate rollback up down test lint bench demo clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -78,6 +80,12 @@ train: setup ## Fine-tune Donut (params.yaml train:; ARGS="--max-steps 200"), tr
 
 evaluate: setup ## Score MODEL (default: champion, else challenger) on DATASET (Donut split or labels.jsonl folder)
 	invoice model evaluate $(DATASET) $(if $(MODEL),--model $(MODEL)) $(ARGS)
+
+gate: setup ## Judge CANDIDATE (default challenger) against the champion (params.yaml gate:; CURRENT=folder of production pages for drift)
+	invoice model gate --candidate $(CANDIDATE) $(if $(CURRENT),--current $(CURRENT))
+
+rollback: setup ## Move the champion alias back to the previous champion
+	invoice model rollback $(if $(ARGS),$(ARGS))
 
 up: setup ## Start the MLflow server on MLFLOW_PORT (health-checked; log in var/log/mlflow.log)
 	mkdir -p var/log var/run var/mlflow/artifacts

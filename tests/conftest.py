@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from training.data import SPLITS, read_split
+from training.data import SPLITS, read_split, write_split
 from training.model import PRESETS, ModelConfig
 from training.synth.generate import GeneratorConfig, generate_dataset
 from training.tokenizer import build_tokenizer, label_corpus
+from training.train import TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The real-invoice sample lives beside the checkout; tests may read it, the product never does.
@@ -135,3 +136,42 @@ def mlflow_server(tmp_path_factory):
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     process.terminate()
     process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def handful(tmp_path_factory) -> Path:
+    """Four clean invoices with at most two line items, used as train, validation and test split alike."""
+    out = tmp_path_factory.mktemp("handful")
+    generate_dataset(GeneratorConfig(n=60, seed=5, degrade_share=0.0, pdf_share=0.0), out, progress=False)
+    chosen = [r for r in read_split(out / "train") if len(r.gt_parse["line_items"]) <= 2][:4]
+    for split in ("validation", "test"):
+        for record in chosen:
+            shutil.copy(out / "train" / record.file_name, out / split / record.file_name)
+        write_split(out / split, chosen)
+    write_split(out / "train", chosen)
+    return out
+
+
+@pytest.fixture(scope="session")
+def train_config():
+    """Factory of a TrainConfig with which the tiny model memorises `handful` in a few hundred CPU steps."""
+
+    def make(data: Path, output: Path, **overrides) -> TrainConfig:
+        settings = dict(
+            data=str(data),
+            output=str(output),
+            image_size=(640, 480),
+            max_length=384,
+            max_steps=400,
+            batch_size=4,
+            learning_rate=1e-3,
+            warmup_steps=10,
+            eval_every=50,
+            eval_samples=4,
+            patience=100,
+            checkpoint_every=1000,
+            vocab_size=800,
+        )
+        return TrainConfig(**{**settings, **overrides})
+
+    return make

@@ -11,14 +11,14 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from training.config import load_params
+from training.config import PROJECT_ROOT, load_params
 from training.schema import REQUIRED_FIELDS
 
 app = typer.Typer(
     help="Invoice extraction platform: data, model, gate and serving stages.", no_args_is_help=True
 )
 data_app = typer.Typer(help="Labeled data: generate, import, validate, version.", no_args_is_help=True)
-model_app = typer.Typer(help="Model: train, evaluate.", no_args_is_help=True)
+model_app = typer.Typer(help="Model: train, evaluate, gate, rollback.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(model_app, name="model")
 console = Console(stderr=True)
@@ -281,6 +281,75 @@ def evaluate_cmd(
         accuracy = {f: v["accuracy"] for f, v in slice_scores["per_field"].items()}
         console.print(f"slice {name}: n={slice_scores['n']} f1={slice_scores['f1']} {accuracy}")
     _print_json({key: scores[key] for key in ("n", "per_field", "f1", "ted_accuracy", "docs_per_s")})
+
+
+@model_app.command("gate")
+def gate_cmd(
+    candidate: Annotated[
+        str, typer.Option(help="Version to judge: an alias, a version number or models:/name@alias.")
+    ] = "challenger",
+    current: Annotated[
+        Path | None, typer.Option(help="Recent production pages (images, PDFs) for the drift check.")
+    ] = None,
+    record: Annotated[
+        bool, typer.Option(help="Log the evidence, tag the version and move the aliases.")
+    ] = True,
+) -> None:
+    """Judge a candidate against the champion (params.yaml gate:); exit 1 when it is refused."""
+    from rich.table import Table
+
+    from training import gate
+
+    config = gate.GateConfig.from_params(load_params("gate"))
+    decision = gate.evaluate(candidate, current, config)
+    table = Table(
+        title=f"gate: version {decision.candidate.version} vs champion "
+        f"{decision.champion.version if decision.champion else '(none)'}"
+    )
+    for column in ("rule", "figure", "threshold", "result"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("detail")
+    for check in decision.checks:
+        table.add_row(
+            check.rule,
+            "" if check.value is None else f"{check.value:.3f}",
+            "" if check.threshold is None else f"{check.threshold:.3f}",
+            "[green]pass[/]" if check.passed else "[red]FAIL[/]",
+            check.detail,
+        )
+    console.print(table)
+    summary = (
+        gate.record(decision, PROJECT_ROOT / "var" / "gate" / f"v{decision.candidate.version}")
+        if record
+        else decision.as_dict()
+    )
+    if decision.passed:
+        verdict = (
+            "[green]PROMOTED to champion[/]" if record else "[green]passes[/] (not recorded, no alias moved)"
+        )
+    else:
+        verdict = "[red]REFUSED[/]" + ("" if record else " (not recorded)")
+    console.print(f"version {decision.candidate.version}: {verdict}")
+    _print_json(summary)
+    if not decision.passed:
+        raise typer.Exit(1)
+
+
+@model_app.command("rollback")
+def rollback_cmd(
+    reason: Annotated[
+        str, typer.Option(help="Why; kept as a tag on the demoted version.")
+    ] = "manual rollback",
+) -> None:
+    """Move the champion alias back to the previous champion."""
+    from training import gate
+
+    result = gate.rollback(reason)
+    console.print(
+        f"champion is version {result['champion']['version']} again"
+        + (f"; version {result['demoted']['version']} demoted" if result["demoted"] else "")
+    )
+    _print_json(result)
 
 
 if __name__ == "__main__":

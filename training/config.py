@@ -24,3 +24,11 @@ def load_params(section: str | None = None) -> dict[str, Any]:
     path = params_path()
     params = yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else {}
     return params.get(section, {}) if section else params
+
+
+def from_section(cls: type, section: dict[str, Any]) -> Any:
+    """An instance of the dataclass `cls` from a params.yaml section: its known keys, YAML lists as tuples."""
+    known = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in section.items() if k in cls.__dataclass_fields__
+    }
+    return cls(**known)

@@ -36,6 +36,36 @@ def field_accuracy_chart(scores: dict[str, Any], out: Path) -> None:
     plt.close(figure)
 
 
+def gate_comparison_chart(candidate: dict[str, Any], champion: dict[str, Any] | None, out: Path) -> None:
+    """Grouped bars of exact match per field: candidate beside champion, as the gate saw them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fields = list(candidate["per_field"])
+    positions = np.arange(len(fields))
+    figure, axis = plt.subplots(figsize=(7, 0.5 * len(fields) + 1.2))
+    bars = [("candidate", candidate, "#1f4e79", -0.2)]
+    if champion is not None:
+        bars.append(("champion", champion, "#c55a11", 0.2))
+    for label, scores, color, offset in bars:
+        values = [scores["per_field"].get(f, {}).get("accuracy", 0.0) for f in fields]
+        axis.barh(
+            positions + offset, values, height=0.4, color=color, label=f"{label} (F1 {scores['f1']:.2f})"
+        )
+    axis.set_yticks(positions, fields)
+    axis.set_xlim(0, 1)
+    axis.invert_yaxis()
+    axis.set_xlabel("exact match on the frozen sets")
+    axis.legend(loc="lower right")
+    axis.set_title(f"Gate: per-field accuracy on {candidate['n']} frozen documents")
+    figure.tight_layout()
+    figure.savefig(out, dpi=110)
+    plt.close(figure)
+
+
 def prediction_sheet(examples: list[Example], predictions: list, out: Path, width: int = 560) -> None:
     """Each page beside its predicted fields: green where right, red where wrong (with the label)."""
     font = load_font(font_families()[0].regular, 15)

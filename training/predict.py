@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,15 @@ class Prediction:
 
 def pixel_values(processor, images: list[Image.Image]) -> torch.Tensor:
     return processor(images=[image.convert("RGB") for image in images], return_tensors="pt").pixel_values
+
+
+def batches(model, processor, images: list[Image.Image], batch_size: int) -> Iterator[torch.Tensor]:
+    """Put the model in eval mode on the device and yield the pages' pixel values there, batch by batch."""
+    model.eval()
+    target = device()
+    model.to(target)
+    for start in range(0, len(images), batch_size):
+        yield pixel_values(processor, images[start : start + batch_size]).to(target)
 
 
 def field_confidence(tokens: list[str], probabilities: list[float]) -> dict[str, float]:
@@ -52,12 +62,8 @@ def predict(
     model, processor, images: list[Image.Image], batch_size: int = 8, max_length: int | None = None
 ) -> list[Prediction]:
     """Greedy decoding in batches; the fields come from token2json, the confidence from token probabilities."""
-    model.eval()
-    target = device()
-    model.to(target)
     predictions = []
-    for start in range(0, len(images), batch_size):
-        batch = pixel_values(processor, images[start : start + batch_size]).to(target)
+    for batch in batches(model, processor, images, batch_size):
         with autocast():
             out = model.generate(
                 batch,

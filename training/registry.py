@@ -6,6 +6,7 @@ before it, the target of a rollback).
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,8 +70,9 @@ def download(ref: ModelRef, dst: Path | None = None) -> Path:
 
 
 def load(ref: ModelRef):
-    """(model, processor) of a registered version."""
-    return load_pretrained(download(ref))
+    """(model, processor) of a registered version, read into memory from a download that is then removed."""
+    with tempfile.TemporaryDirectory(prefix="invoice-model-") as folder:
+        return load_pretrained(download(ref, Path(folder)))
 
 
 def set_alias(alias: str, ref: ModelRef) -> None:

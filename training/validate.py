@@ -19,6 +19,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from training.config import from_section
 from training.data import METADATA, SPLITS, DatasetError, iter_split, sha256_file
 from training.schema import (
     DATE_FIELDS,
@@ -47,12 +48,7 @@ class Rules:
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> Rules:
-        known = {
-            key: tuple(v) if isinstance(v, list) else v
-            for key, v in params.items()
-            if key in cls.__dataclass_fields__
-        }
-        return cls(**known)
+        return from_section(cls, params)
 
 
 @dataclass
@@ -246,7 +242,7 @@ def line_item_expectations() -> list[Any]:
     ]
 
 
-def _run_suite(name: str, frame: pd.DataFrame, expectations: list[Any]) -> list[Any]:
+def run_suite(name: str, frame: pd.DataFrame, expectations: list[Any]) -> list[Any]:
     """Validate a dataframe with GX and return its expectation results."""
     import great_expectations as gx
 
@@ -290,7 +286,7 @@ def validate_dataset(dataset: Path, rules: Rules | None = None, progress: bool =
     ):
         if frame.empty:
             continue
-        for result in _run_suite(name, frame, expectations):
+        for result in run_suite(name, frame, expectations):
             meta = result.expectation_config.meta or {}
             rule = meta["rule"] + (f"[{meta['field']}]" if "field" in meta else "")
             rows = result.result.get("unexpected_index_list") or []
@@ -346,3 +342,44 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}} .bad td{{backgrou
         encoding="utf-8",
     )
     return json_path, html_path
+
+
+def validate_predictions(predictions: list[dict[str, Any]], mostly: float) -> dict[str, dict[str, Any]]:
+    """GX over a model's answers: dates parse as ISO dates, amounts are decimals, currencies are ISO 4217
+    codes, each for at least a `mostly` share of the values present (missing values are accuracy's business).
+    Returns `{rule: {success, checked, failed, examples}}`."""
+    import great_expectations.expectations as E
+
+    frame = pd.DataFrame(
+        [{"doc": str(i), **{f: _text(p.get(f)) for f in SCALAR_FIELDS}} for i, p in enumerate(predictions)],
+        columns=["doc", *SCALAR_FIELDS],
+    )
+    expectations = [
+        *(
+            E.ExpectColumnValuesToMatchStrftimeFormat(
+                column=f, strftime_format="%Y-%m-%d", mostly=mostly, meta={"rule": f"iso_date[{f}]"}
+            )
+            for f in DATE_FIELDS
+        ),
+        *(
+            E.ExpectColumnValuesToMatchRegex(
+                column=f, regex=MONEY_PATTERN, mostly=mostly, meta={"rule": f"decimal_amount[{f}]"}
+            )
+            for f in MONEY_FIELDS
+        ),
+        E.ExpectColumnValuesToBeInSet(
+            column="currency", value_set=sorted(ISO_4217), mostly=mostly, meta={"rule": "iso_4217_currency"}
+        ),
+    ]
+    outcome = {}
+    for result in run_suite("predictions", frame, expectations):
+        rule = result.expectation_config.meta["rule"]
+        column = result.expectation_config.kwargs["column"]
+        unexpected = result.result.get("unexpected_list") or []
+        outcome[rule] = {
+            "success": bool(result.success),
+            "checked": int(frame[column].notna().sum()),
+            "failed": len(unexpected),
+            "examples": [str(v) for v in unexpected[:5]],
+        }
+    return outcome

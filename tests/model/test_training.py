@@ -10,49 +10,18 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from training.data import read_split, write_split
-from training.synth.generate import GeneratorConfig, generate_dataset
+from training.data import read_split
 from training.train import TrainConfig, train
 
 
-@pytest.fixture(scope="module")
-def handful(tmp_path_factory) -> Path:
-    """Four clean invoices with at most two line items, used as both train and validation split."""
-    out = tmp_path_factory.mktemp("handful")
-    generate_dataset(GeneratorConfig(n=60, seed=5, degrade_share=0.0, pdf_share=0.0), out, progress=False)
-    chosen = [r for r in read_split(out / "train") if len(r.gt_parse["line_items"]) <= 2][:4]
-    for record in chosen:
-        shutil.copy(out / "train" / record.file_name, out / "validation" / record.file_name)
-    write_split(out / "train", chosen)
-    write_split(out / "validation", chosen)
-    return out
-
-
-def handful_config(data: Path, output: Path, **overrides) -> TrainConfig:
-    settings = dict(
-        data=str(data),
-        output=str(output),
-        image_size=(640, 480),
-        max_length=384,
-        max_steps=400,
-        batch_size=4,
-        learning_rate=1e-3,
-        warmup_steps=10,
-        eval_every=50,
-        eval_samples=4,
-        patience=100,
-        checkpoint_every=1000,
-        vocab_size=800,
-    )
-    return TrainConfig(**{**settings, **overrides})
-
-
 @pytest.mark.slow
-def test_tiny_model_learns_a_handful_of_invoices_and_the_run_is_tracked(mlflow_server, handful, tmp_path):
+def test_tiny_model_learns_a_handful_of_invoices_and_the_run_is_tracked(
+    mlflow_server, handful, train_config, tmp_path
+):
     import mlflow
     from training.tracking import MODEL_NAME, train_and_log
 
-    result = train_and_log(handful_config(handful, tmp_path / "run"), progress=False)
+    result = train_and_log(train_config(handful, tmp_path / "run"), progress=False)
     assert result["scores"]["n"] == 4
     assert {f: v["accuracy"] for f, v in result["scores"]["per_field"].items()} == dict.fromkeys(
         result["scores"]["per_field"], 1.0
@@ -90,8 +59,8 @@ def test_tiny_model_learns_a_handful_of_invoices_and_the_run_is_tracked(mlflow_s
     assert set(confidence) >= {"vendor_name", "total"} and all(0 < p <= 1 for p in confidence.values())
 
 
-def test_resume_from_checkpoint_gives_the_same_next_loss(handful, tmp_path):
-    config = handful_config(
+def test_resume_from_checkpoint_gives_the_same_next_loss(handful, train_config, tmp_path):
+    config = train_config(
         handful, tmp_path / "uninterrupted", max_steps=4, checkpoint_every=2, eval_every=1000, log_every=1
     )
     snapshot = tmp_path / "interrupted"
@@ -122,13 +91,13 @@ def _history(output: Path) -> list[dict]:
     return torch.load(output / "checkpoint" / "last.pt", weights_only=False)["state"]["history"]
 
 
-def test_reading_curriculum_targets_the_page_transcript(handful, tmp_path):
+def test_reading_curriculum_targets_the_page_transcript(handful, train_config, tmp_path):
     """The reading task starts from <s_reading> and spells the page's text; the field task from <s_invoice>."""
     from training.evaluate import load_examples
     from training.tokenizer import TASK_TOKENS
     from training.train import InvoicePages, prepare
 
-    config = handful_config(handful, tmp_path / "curriculum", max_steps=3, reading_steps=2, eval_every=1000)
+    config = train_config(handful, tmp_path / "curriculum", max_steps=3, reading_steps=2, eval_every=1000)
     _, processor, examples, _ = prepare(config)
     pages = InvoicePages(examples, processor, max_length=384)
     tokenizer = processor.tokenizer
