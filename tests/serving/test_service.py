@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from conftest import free_port
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -28,12 +28,6 @@ LIMITS = {"INVOICE_MAX_BYTES": "2000000", "INVOICE_MAX_PAGES": "3", "INVOICE_MAX
 
 
 # ------------------------------------------------------------------ fixtures
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
