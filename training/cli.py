@@ -330,6 +330,9 @@ def gate_cmd(
     else:
         verdict = "[red]REFUSED[/]" + ("" if record else " (not recorded)")
     console.print(f"version {decision.candidate.version}: {verdict}")
+    for check in decision.checks:  # one plain line per failing rule, for logs that cut tables
+        if not check.passed:
+            console.print(f"  {check.rule}: {check.detail}", soft_wrap=True, markup=False, highlight=False)
     _print_json(summary)
     if not decision.passed:
         raise typer.Exit(1)
