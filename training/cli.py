@@ -296,6 +296,7 @@ def gate_cmd(
     ] = True,
 ) -> None:
     """Judge a candidate against the champion (params.yaml gate:); exit 1 when it is refused."""
+    from rich.markup import escape
     from rich.table import Table
 
     from training import gate
@@ -311,11 +312,11 @@ def gate_cmd(
     table.add_column("detail")
     for check in decision.checks:
         table.add_row(
-            check.rule,
+            escape(check.rule),
             "" if check.value is None else f"{check.value:.3f}",
             "" if check.threshold is None else f"{check.threshold:.3f}",
             "[green]pass[/]" if check.passed else "[red]FAIL[/]",
-            check.detail,
+            escape(check.detail),
         )
     console.print(table)
     summary = (

@@ -152,6 +152,8 @@ def well_formed_check(predictions: list[dict[str, Any]], config: GateConfig) -> 
     share = round(1 - failed / checked, 4) if checked else 1.0
     detail = (
         f"outputs well-formed ({share:.3f} of {checked} dates, amounts and currencies)"
+        if checked and not failing
+        else "no dates, amounts or currencies in the outputs to check"
         if not failing
         else "malformed outputs: "
         + "; ".join(
