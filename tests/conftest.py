@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from services import free_port
 
 from training.data import SPLITS, read_split, write_split
 from training.model import PRESETS, ModelConfig
@@ -88,12 +88,6 @@ def micro_config() -> ModelConfig:
         max_length=512,
         window_size=5,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

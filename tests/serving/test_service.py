@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import free_port
 from PIL import Image
+from services import start_bentoml, stop, wait_ready
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KEY = "s3cret-key"
@@ -59,66 +59,9 @@ def versions(mlflow_server, micro_config, tokenizer, generated, tmp_path_factory
 
 
 def start_server(tmp_path: Path, mlflow_url: str, **env: str) -> tuple[subprocess.Popen, str, Path]:
-    port = free_port()
-    log = tmp_path / f"bento-{port}.log"
-    environment = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": mlflow_url,
-        "BENTOML_HOME": str(tmp_path / "bentoml"),
-        "BENTOML_DO_NOT_TRACK": "true",
-        "INVOICE_MODEL_POLL_S": "1",
-        "INVOICE_MAX_LATENCY_MS": "10000",
-        **LIMITS,
-        **env,
-    }
-    for name in ("INVOICE_API_KEY", "INVOICE_MODEL_URI"):
-        if name not in env:
-            environment.pop(name, None)
-    process = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "bentoml"),
-            "serve",
-            "serving.service:InvoiceService",
-            "--port",
-            str(port),
-            "--host",
-            "127.0.0.1",
-        ],
-        cwd=REPO_ROOT,
-        env=environment,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        assert process.poll() is None, log.read_text()
-        try:
-            requests.get(f"{url}/healthz", timeout=2)
-            return process, url, log
-        except requests.ConnectionError:
-            time.sleep(0.5)
-    stop(process)
-    raise AssertionError("bentoml serve did not answer:\n" + log.read_text())
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-def wait_ready(url: str, seconds: float = 90) -> None:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
-            return
-        time.sleep(0.5)
-    raise AssertionError("service never became ready")
+    """The service with the tests' limits, 1-second registry polling and a short batching budget."""
+    settings = {"INVOICE_MODEL_POLL_S": "1", "INVOICE_MAX_LATENCY_MS": "10000", **LIMITS, **env}
+    return start_bentoml(tmp_path, mlflow_url, **settings)
 
 
 @pytest.fixture(scope="module")
