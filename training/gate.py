@@ -24,6 +24,7 @@ from training.data import read_split
 from training.documents import DocumentError, Limits
 from training.evaluate import Example, load_examples
 from training.registry import ModelRef
+from training.tracking import use_tracking
 from training.train import evaluate_model
 from training.validate import validate_predictions
 
@@ -150,16 +151,14 @@ def well_formed_check(predictions: list[dict[str, Any]], config: GateConfig) -> 
     checked = sum(r["checked"] for r in outcome.values())
     failed = sum(r["failed"] for r in outcome.values())
     share = round(1 - failed / checked, 4) if checked else 1.0
-    detail = (
-        f"outputs well-formed ({share:.3f} of {checked} dates, amounts and currencies)"
-        if checked and not failing
-        else "no dates, amounts or currencies in the outputs to check"
-        if not failing
-        else "malformed outputs: "
-        + "; ".join(
+    if failing:
+        detail = "malformed outputs: " + "; ".join(
             f"{rule} {r['failed']}/{r['checked']} e.g. {r['examples'][:2]}" for rule, r in failing.items()
         )
-    )
+    elif checked:
+        detail = f"outputs well-formed ({share:.3f} of {checked} dates, amounts and currencies)"
+    else:
+        detail = "no dates, amounts or currencies in the outputs to check"
     return Check("well_formed_outputs", not failing, share, config.min_well_formed, detail), outcome
 
 
@@ -216,7 +215,8 @@ def current_pages(folder: Path, config: GateConfig) -> tuple[list, dict[str, Any
             pages.extend(limits.load(path.read_bytes(), path.name))
         except DocumentError as error:
             skipped[str(path)] = str(error)
-    return pages[: config.current_sample], {"folder": str(folder), "pages": len(pages), "skipped": skipped}
+    pages = pages[: config.current_sample]
+    return pages, {"folder": str(folder), "pages": len(pages), "skipped": skipped}
 
 
 # ---------------------------------------------------------------- the decision
@@ -291,7 +291,7 @@ def record(decision: Decision, workdir: Path) -> dict[str, Any]:
         decision.evidence["champion_scores"],
         workdir / "field_comparison.png",
     )
-    registry.client()
+    use_tracking()
     with mlflow.start_run(run_id=decision.candidate.run_id):
         mlflow.log_artifacts(str(workdir), artifact_path=f"gate/{now.replace(':', '')}")
         mlflow.log_metrics(
