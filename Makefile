@@ -87,7 +87,7 @@ gate: setup ## Judge CANDIDATE (default challenger) against the champion (params
 rollback: setup ## Move the champion alias back to the previous champion
 	invoice model rollback $(if $(ARGS),$(ARGS))
 
-up: setup ## Start the MLflow server on MLFLOW_PORT (health-checked; log in var/log/mlflow.log)
+up: setup ## Start MLflow (MLFLOW_PORT) and the BentoML service (BENTO_PORT), health-checked; logs in var/log/
 	mkdir -p var/log var/run var/mlflow/artifacts
 	if [ -f var/run/mlflow.pid ] && kill -0 $$(cat var/run/mlflow.pid) 2>/dev/null; then echo "MLflow already running"; else \
 	  nohup $(ML)/bin/mlflow server --backend-store-uri $(MLFLOW_BACKEND_STORE_URI) --default-artifact-root $(MLFLOW_ARTIFACT_ROOT) \
@@ -95,6 +95,13 @@ up: setup ## Start the MLflow server on MLFLOW_PORT (health-checked; log in var/
 	for i in $$(seq 90); do curl -sf http://127.0.0.1:$(MLFLOW_PORT)/health >/dev/null && break; sleep 1; done
 	curl -sf http://127.0.0.1:$(MLFLOW_PORT)/health >/dev/null || (tail -20 var/log/mlflow.log; exit 1)
 	@echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)  (store $(MLFLOW_BACKEND_STORE_URI), artifacts $(MLFLOW_ARTIFACT_ROOT))"
+	if [ -f var/run/bentoml.pid ] && kill -0 $$(cat var/run/bentoml.pid) 2>/dev/null; then echo "BentoML already running"; else \
+	  BENTOML_DO_NOT_TRACK=true MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT) nohup $(ML)/bin/bentoml serve \
+	    serving.service:InvoiceService --host 127.0.0.1 --port $(BENTO_PORT) > var/log/bentoml.log 2>&1 & echo $$! > var/run/bentoml.pid; fi
+	for i in $$(seq 90); do curl -sf http://127.0.0.1:$(BENTO_PORT)/healthz >/dev/null && break; sleep 1; done
+	curl -sf http://127.0.0.1:$(BENTO_PORT)/healthz >/dev/null || (tail -20 var/log/bentoml.log; exit 1)
+	@echo "BentoML: http://127.0.0.1:$(BENTO_PORT)  (POST /extract, API at /docs.json; $$(curl -s -o /dev/null -w '%{http_code}' \
+	  http://127.0.0.1:$(BENTO_PORT)/readyz | sed 's/200/ready: champion loaded/; s/503/not ready yet: loading the champion, or none promoted (make gate)/'))"
 
 down: ## Stop the services started by make up
 	for pidfile in var/run/*.pid; do [ -f "$$pidfile" ] || continue; kill $$(cat $$pidfile) 2>/dev/null || true; rm -f $$pidfile; done
