@@ -35,7 +35,7 @@ from PIL.Image import Image
 from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse
 
-from training.config import load_params
+from training.config import load_params, setting
 from training.documents import DocumentError, Limits
 from training.schema import SCALAR_FIELDS
 
@@ -43,13 +43,6 @@ logger = logging.getLogger("invoice.serving")
 DEFAULT_MODEL_URI = "models:/invoice-extractor@champion"
 # Open without the API key: probes, metrics and the API description.
 OPEN_PATHS = {"/healthz", "/livez", "/readyz", "/metrics", "/docs.json", "/", "/docs"}
-
-
-def _setting(env: str, params: dict[str, Any], key: str, default: Any) -> Any:
-    value = os.environ.get(env)
-    if value not in (None, ""):
-        return type(default)(value)
-    return type(default)(params.get(key, default))
 
 
 @dataclass(frozen=True)
@@ -67,9 +60,9 @@ class Settings:
         return cls(
             model_uri=os.environ.get("INVOICE_MODEL_URI") or DEFAULT_MODEL_URI,
             api_key=os.environ.get("INVOICE_API_KEY") or None,
-            poll_s=_setting("INVOICE_MODEL_POLL_S", params, "poll_s", 30.0),
-            max_batch_size=_setting("INVOICE_MAX_BATCH_SIZE", params, "max_batch_size", 8),
-            max_latency_ms=_setting("INVOICE_MAX_LATENCY_MS", params, "max_latency_ms", 60_000),
+            poll_s=setting("INVOICE_MODEL_POLL_S", params, "poll_s", 30.0),
+            max_batch_size=setting("INVOICE_MAX_BATCH_SIZE", params, "max_batch_size", 8),
+            max_latency_ms=setting("INVOICE_MAX_LATENCY_MS", params, "max_latency_ms", 60_000),
             limits=Limits.from_params(),
         )
 

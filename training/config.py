@@ -32,3 +32,12 @@ def from_section(cls: type, section: dict[str, Any]) -> Any:
         k: tuple(v) if isinstance(v, list) else v for k, v in section.items() if k in cls.__dataclass_fields__
     }
     return cls(**known)
+
+
+def setting(env: str, section: dict[str, Any], key: str, default: Any) -> Any:
+    """A value from the environment variable `env` if set, else the params.yaml section's `key`, else `default`;
+    cast to the default's type."""
+    value = os.environ.get(env)
+    if value not in (None, ""):
+        return type(default)(value)
+    return type(default)(section.get(key, default))

@@ -20,7 +20,6 @@ No torch here: the Airflow environment imports this module.
 from __future__ import annotations
 
 import io
-import os
 import threading
 from dataclasses import dataclass
 
@@ -57,20 +56,15 @@ class Limits:
 
     @classmethod
     def from_params(cls) -> Limits:
-        from training.config import load_params
+        from training.config import load_params, setting
 
         params = load_params("serve")
-        values = {}
-        for key, env in (
-            ("max_bytes", "INVOICE_MAX_BYTES"),
-            ("max_pixels", "INVOICE_MAX_PIXELS"),
-            ("max_pages", "INVOICE_MAX_PAGES"),
-            ("dpi", "INVOICE_PDF_DPI"),
-        ):
-            value = os.environ.get(env) or params.get(key)
-            if value is not None:
-                values[key] = int(value)
-        return cls(**values)
+        return cls(
+            max_bytes=setting("INVOICE_MAX_BYTES", params, "max_bytes", cls.max_bytes),
+            max_pixels=setting("INVOICE_MAX_PIXELS", params, "max_pixels", cls.max_pixels),
+            max_pages=setting("INVOICE_MAX_PAGES", params, "max_pages", cls.max_pages),
+            dpi=setting("INVOICE_PDF_DPI", params, "dpi", cls.dpi),
+        )
 
     def load(self, data: bytes, filename: str | None = None) -> list[Image.Image]:
         return load_pages(
