@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,6 +205,7 @@ class ImportReport:
 
     imported: dict[str, int]
     rejected: list[dict[str, str]]
+    accepted: list[Record] = field(default_factory=list)  # the records taken, in the source's order
 
     def as_dict(self) -> dict[str, Any]:
         return {"imported": self.imported, "rejected": self.rejected}
@@ -236,7 +237,8 @@ def import_labels_folder(source: Path, dataset_dir: Path, split: str = "test") -
             "origin_id": raw.get("id"),
         }
         accepted.append((Record(doc_id + image.suffix.lower(), label, meta), image))
-    return ImportReport(upsert(dataset_dir, split, accepted) if accepted else {}, rejected)
+    imported = upsert(dataset_dir, split, accepted) if accepted else {}
+    return ImportReport(imported, rejected, [record for record, _ in accepted])
 
 
 def _task_image(task: dict[str, Any], images_root: Path) -> Path:
@@ -307,8 +309,10 @@ def import_label_studio(
     dataset_dir: Path,
     split: str = "train",
     required: Iterable[str] = REQUIRED_FIELDS,
+    check: Callable[[dict[str, Any]], list[str]] | None = None,
 ) -> ImportReport:
-    """Import reviewed tasks from a Label Studio JSON export; malformed ones are rejected with their reason.
+    """Import reviewed tasks from a Label Studio JSON export; malformed ones are rejected with their reason,
+    as are labels for which `check` (e.g. `arithmetic_problems`) returns problems.
 
     The document id is `data.doc_id` when the task carries one (the processing DAG sets it to the file's
     sha256), so a correction replaces the model's earlier label for the same invoice instead of duplicating it.
@@ -330,6 +334,9 @@ def import_label_studio(
             missing = [name for name in required if label.get(name) is None]
             if missing:
                 raise DatasetError(f"required fields missing: {', '.join(missing)}")
+            problems = check(label) if check else []
+            if problems:
+                raise DatasetError("; ".join(problems))
             image = _task_image(task, Path(images_root))
             if not image.is_file():
                 raise DatasetError(f"image {image} not found")
@@ -344,4 +351,5 @@ def import_label_studio(
             "reviewed_at": annotation.get("updated_at") or annotation.get("created_at"),
         }
         accepted.append((Record(doc_id + image.suffix.lower(), label, meta), image))
-    return ImportReport(upsert(dataset_dir, split, accepted) if accepted else {}, rejected)
+    imported = upsert(dataset_dir, split, accepted) if accepted else {}
+    return ImportReport(imported, rejected, [record for record, _ in accepted])
