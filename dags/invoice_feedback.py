@@ -1,0 +1,89 @@
+"""invoice_feedback: reviewers' Label Studio exports -> the labeled dataset and the results database -> a new
+data version that triggers `invoice_training`.
+
+Reviewers export their corrections (Label Studio JSON) into `feedback/inbox/` under the processing root. Each
+run merges them into the dataset's train split (document id = the invoice's sha256, so a correction replaces
+the earlier label) and makes the corrected record the document's result (`stored`, with its reviewer);
+malformed tasks are listed with their reason under `feedback/rejected/`, processed exports filed under
+`feedback/done/`. The dataset is then validated (Great Expectations) and versioned (`dvc add` + `dvc push`);
+only a changed version emits the `labeled_invoices` Asset. An empty inbox skips the whole run. The logic lives
+in training/feedback.py.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import dag, task
+from airflow.sdk.exceptions import AirflowSkipException
+
+from training import orchestration
+from training.orchestration import LABELED_INVOICES, dag_settings, default_args
+
+
+def _context():
+    """The processing settings and the results database (the Airflow connection `invoice_results` when
+    defined, else INVOICE_RESULTS_URL / params.yaml / SQLite), as the processing DAG resolves them."""
+    from airflow.sdk import BaseHook
+
+    from training import results
+    from training.processing import ProcessingConfig
+
+    try:
+        url = BaseHook.get_connection("invoice_results").get_uri()
+    except Exception:  # no such connection: the configured default
+        url = None
+    return ProcessingConfig.from_params(), results.connect(url)
+
+
+@dag(
+    dag_id="invoice_feedback",
+    schedule=dag_settings()["feedback_schedule"],
+    start_date=orchestration.START_DATE,
+    catchup=False,
+    max_active_runs=1,
+    default_args=default_args(),
+    tags=["invoices", "data", "feedback"],
+    doc_md=__doc__,
+)
+def invoice_feedback():
+    @task.short_circuit
+    def collect_corrections() -> list[str]:
+        """The exports waiting in feedback/inbox/; an empty inbox skips the rest of the run."""
+        from training.feedback import collect
+        from training.processing import ProcessingConfig
+
+        exports = [str(path) for path in collect(ProcessingConfig.from_params())]
+        print(f"{len(exports)} exports in the feedback inbox: {exports}")
+        return exports
+
+    @task
+    def apply_corrections(exports: list[str]) -> dict:
+        """Merge the exports into the dataset (train split) and the results database; file them under done/."""
+        from training.feedback import apply_corrections
+
+        config, engine = _context()
+        return apply_corrections(config, engine, orchestration.dataset_dir(), exports)
+
+    @task
+    def validate_data() -> dict:
+        """Great Expectations over the labeled dataset; fails the run on any failing rule."""
+        return orchestration.validate_data()
+
+    @task
+    def version_data() -> dict:
+        """`dvc add` + `dvc push` of the dataset; says whether the version changed."""
+        return orchestration.version_data()
+
+    @task(outlets=[LABELED_INVOICES])
+    def announce_data_version(version: dict) -> str:
+        """Emit `labeled_invoices` (which triggers `invoice_training`) only when the version changed."""
+        if not version["changed"]:
+            raise AirflowSkipException(f"data version {version['md5']} unchanged: nothing to announce")
+        return version["md5"]
+
+    applied = apply_corrections(collect_corrections())
+    version = version_data()
+    applied >> validate_data() >> version
+    announce_data_version(version)
+
+
+invoice_feedback()
