@@ -36,8 +36,7 @@ from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse
 
 from training.config import load_params, setting
-from training.documents import DocumentError, Limits
-from training.schema import SCALAR_FIELDS
+from training.documents import DocumentError, Limits, merge_pages
 
 logger = logging.getLogger("invoice.serving")
 DEFAULT_MODEL_URI = "models:/invoice-extractor@champion"
@@ -120,8 +119,15 @@ class Loaded:
     model: Any = field(repr=False)
     processor: Any = field(repr=False)
 
-    def describe(self) -> dict[str, str]:
-        return {"name": self.name, "version": self.version, "run_id": self.run_id}
+    data_version: str | None = None
+
+    def describe(self) -> dict[str, str | None]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "run_id": self.run_id,
+            "data_version": self.data_version,
+        }
 
 
 def resolve_reference(uri: str):
@@ -143,7 +149,16 @@ def load_reference(name: str, version: str, run_id: str) -> Loaded:
     else:
         model, processor = load(ModelRef(name, version, run_id))
     model.eval()
-    return Loaded(name, version, run_id, model, processor)
+    return Loaded(name, version, run_id, model, processor, data_version=training_data_version(run_id))
+
+
+def training_data_version(run_id: str) -> str | None:
+    """The data version the run that made the model trained on (its `data_version` param), for lineage."""
+    if not run_id:
+        return None
+    from mlflow import MlflowClient
+
+    return MlflowClient().get_run(run_id).data.params.get("data_version")
 
 
 @bentoml.service(name="invoice_reader", workers=1, traffic={"timeout": 600})
@@ -235,33 +250,6 @@ class InvoiceReader:
         return {"model": current.describe() if current else None, "error": self.last_error}
 
 
-# ------------------------------------------------------------------ merging pages
-
-
-def merge_pages(results: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, float]]:
-    """One invoice from its pages. A scalar field takes the non-null value read with the highest confidence
-    (the earlier page on a tie); `line_items` are every page's items in page order, with the lowest confidence
-    of the pages that contributed some. A field no page shows is null and has no confidence."""
-    fields: dict[str, Any] = {name: None for name in SCALAR_FIELDS}
-    confidence: dict[str, float] = {}
-    for result in results:
-        for name in SCALAR_FIELDS:
-            value = result["fields"].get(name)
-            if value is None:
-                continue
-            p = result["confidence"].get(name, 0.0)
-            if fields[name] is None or p > confidence.get(name, 0.0):
-                fields[name], confidence[name] = value, p
-    items: list[dict[str, Any]] = []
-    for result in results:
-        if result["fields"].get("line_items"):
-            items.extend(result["fields"]["line_items"])
-            p = result["confidence"].get("line_items", 0.0)
-            confidence["line_items"] = min(confidence.get("line_items", 1.0), p)
-    fields["line_items"] = items or None
-    return fields, confidence
-
-
 # ------------------------------------------------------------------ the public service
 
 
@@ -269,6 +257,7 @@ class ModelInfo(BaseModel):
     name: str
     version: str
     run_id: str
+    data_version: str | None = Field(None, description="the labeled-data version the model was trained on")
 
 
 class PageResult(BaseModel):

@@ -49,9 +49,9 @@ def start_bentoml(workdir: Path, tracking_uri: str, **env: str) -> tuple[subproc
     while time.time() < deadline:
         assert process.poll() is None, log.read_text()
         try:
-            requests.get(f"{url}/healthz", timeout=2)
+            requests.get(f"{url}/healthz", timeout=5)
             return process, url, log
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or too busy starting to answer
             time.sleep(0.5)
     stop(process)
     raise AssertionError("bentoml serve did not answer:\n" + log.read_text())

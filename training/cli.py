@@ -171,6 +171,7 @@ def train_cmd(
     ] = None,
     epochs: Annotated[int | None, typer.Option()] = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimiser steps.")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop training after this many minutes.")] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
     grad_accum: Annotated[int | None, typer.Option(help="Batches per optimiser step.")] = None,
     learning_rate: Annotated[float | None, typer.Option()] = None,
@@ -195,6 +196,7 @@ def train_cmd(
         "output": output,
         "epochs": epochs,
         "max_steps": max_steps,
+        "max_minutes": max_minutes,
         "batch_size": batch_size,
         "grad_accum": grad_accum,
         "learning_rate": learning_rate,
@@ -294,14 +296,22 @@ def gate_cmd(
     record: Annotated[
         bool, typer.Option(help="Log the evidence, tag the version and move the aliases.")
     ] = True,
+    accuracy_floor: Annotated[
+        float | None,
+        typer.Option(help="Replace every per-field accuracy floor for this decision (recorded with it)."),
+    ] = None,
 ) -> None:
     """Judge a candidate against the champion (params.yaml gate:); exit 1 when it is refused."""
+    from dataclasses import replace
+
     from rich.markup import escape
     from rich.table import Table
 
     from training import gate
 
     config = gate.GateConfig.from_params(load_params("gate"))
+    if accuracy_floor is not None:
+        config = replace(config, min_field_accuracy=dict.fromkeys(config.min_field_accuracy, accuracy_floor))
     decision = gate.evaluate(candidate, current, config)
     table = Table(
         title=f"gate: version {decision.candidate.version} vs champion "

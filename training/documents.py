@@ -22,8 +22,11 @@ from __future__ import annotations
 import io
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from PIL import Image, ImageOps
+
+from training.schema import SCALAR_FIELDS
 
 DEFAULT_DPI = 120  # the generator's resolution: an A4 page is 992 x 1403 px
 KINDS = {"png": "image", "jpeg": "image", "tiff": "image", "pdf": "pdf"}
@@ -193,3 +196,27 @@ def _pdf_pages(data: bytes, name: str, *, max_pixels: int, max_pages: int, dpi: 
             raise DocumentError(400, "broken_pdf", f"{name}broken PDF: {error}") from error
         finally:
             document.close()
+
+
+def merge_pages(results: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, float]]:
+    """One invoice from its pages. A scalar field takes the non-null value read with the highest confidence
+    (the earlier page on a tie); `line_items` are every page's items in page order, with the lowest confidence
+    of the pages that contributed some. A field no page shows is null and has no confidence."""
+    fields: dict[str, Any] = {name: None for name in SCALAR_FIELDS}
+    confidence: dict[str, float] = {}
+    for result in results:
+        for name in SCALAR_FIELDS:
+            value = result["fields"].get(name)
+            if value is None:
+                continue
+            p = result["confidence"].get(name, 0.0)
+            if fields[name] is None or p > confidence.get(name, 0.0):
+                fields[name], confidence[name] = value, p
+    items: list[dict[str, Any]] = []
+    for result in results:
+        if result["fields"].get("line_items"):
+            items.extend(result["fields"]["line_items"])
+            p = result["confidence"].get("line_items", 0.0)
+            confidence["line_items"] = min(confidence.get("line_items", 1.0), p)
+    fields["line_items"] = items or None
+    return fields, confidence

@@ -347,7 +347,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}} .bad td{{backgrou
 def validate_predictions(predictions: list[dict[str, Any]], mostly: float) -> dict[str, dict[str, Any]]:
     """GX over a model's answers: dates parse as ISO dates, amounts are decimals, currencies are ISO 4217
     codes, each for at least a `mostly` share of the values present (missing values are accuracy's business).
-    Returns `{rule: {success, checked, failed, examples}}`."""
+    Returns `{rule: {success, checked, failed, examples, docs}}`, `docs` being the failing answers' indexes."""
     import great_expectations.expectations as E
 
     frame = pd.DataFrame(
@@ -381,5 +381,6 @@ def validate_predictions(predictions: list[dict[str, Any]], mostly: float) -> di
             "checked": int(frame[column].notna().sum()),
             "failed": len(unexpected),
             "examples": [str(v) for v in unexpected[:5]],
+            "docs": sorted({int(row["doc"]) for row in result.result.get("unexpected_index_list") or []}),
         }
     return outcome
