@@ -28,6 +28,33 @@ MLFLOW_ARTIFACT_ROOT ?= file://$(CURDIR)/var/mlflow/artifacts
 export MLFLOW_PORT
 # BentoML: `make serve` listens here.
 BENTO_PORT ?= 3000
+# Airflow (`make up`): api-server (UI, REST and execution API) on AIRFLOW_PORT, scheduler and dag-processor, all
+# reading this configuration. Metadata DB: the default SQLite file $(AIRFLOW_HOME)/airflow.db; task logs in
+# $(AIRFLOW_HOME)/logs; component logs in var/log/airflow-<component>.log.
+AIRFLOW_PORT ?= 8080
+export AIRFLOW_HOME := $(CURDIR)/var/airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export AIRFLOW__CORE__EXECUTOR := LocalExecutor
+# At most 4 task instances at once. The LocalExecutor forks one worker per slot: the default 32 costs ~5 GB of
+# RSS; 4 keeps all of Airflow at ~1.2 GB idle and ~1.8 GB with four tasks running, on this 2-core machine.
+export AIRFLOW__CORE__PARALLELISM := 4
+# The platform's DAGs are meant to run as soon as they are parsed.
+export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION := False
+# Airflow 3 task processes report to the api-server's execution API.
+export AIRFLOW__CORE__EXECUTION_API_SERVER_URL := http://127.0.0.1:$(AIRFLOW_PORT)/execution/
+# Simple auth manager: one user `admin` with the admin role; the api-server generates its password into
+# $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated.
+export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS := admin:admin
+# The JWT secret all components share (the scheduler signs the tasks' tokens, the api-server checks them):
+# generated once into this file, so restarts keep it.
+AIRFLOW_JWT_SECRET_FILE := $(AIRFLOW_HOME)/jwt_secret
+AIRFLOW_URL = http://127.0.0.1:$(AIRFLOW_PORT)
+# Prefix of every Airflow command in a recipe: its own environment first on PATH (its components start
+# subcommands from there), the JWT secret, and, for the DAGs' tasks, the services of `make up`. The tracking
+# URI is not exported globally: the `invoice` CLI falls back to the SQLite store when no server answers.
+AIRFLOW_RUN = PATH=$(abspath $(AIRFLOW)/bin):$$PATH AIRFLOW__API_AUTH__JWT_SECRET="$$(cat $(AIRFLOW_JWT_SECRET_FILE))" \
+  MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT) INVOICE_SERVICE_URL=http://127.0.0.1:$(BENTO_PORT)
 
 export PATH := $(abspath $(ML)/bin):$(PATH)
 export INVOICE_PROJECT_ROOT := $(CURDIR)
@@ -87,24 +114,71 @@ gate: setup ## Judge CANDIDATE (default challenger) against the champion (params
 rollback: setup ## Move the champion alias back to the previous champion
 	invoice model rollback $(if $(ARGS),$(ARGS))
 
-up: setup ## Start MLflow (MLFLOW_PORT) and the BentoML service (BENTO_PORT), health-checked; logs in var/log/
+$(AIRFLOW_JWT_SECRET_FILE): | $(AIRFLOW)/.installed
+	mkdir -p $(@D)
+	(umask 077; $(AIRFLOW)/bin/python -c 'import secrets; print(secrets.token_urlsafe(64))' > $@)
+
+# Each service runs in its own session (setsid: pid = process group) so that `make down` can stop its children.
+# MLflow's job runner (GenAI scorers; 8 huey processes, ~1.9 GB) is off: the platform does not use it.
+# Airflow: no triggerer (no DAG defers) and no scheduler log server (port 8793 on all interfaces, ~140 MB):
+# the api-server reads task logs from $(AIRFLOW_HOME)/logs on this same machine.
+AIRFLOW_COMPONENTS := api-server scheduler dag-processor
+AIRFLOW_HEALTHY = curl -sf $(AIRFLOW_URL)/api/v2/monitor/health | $(AIRFLOW)/bin/python -c 'import json, sys; \
+  health = json.load(sys.stdin); sys.exit(not all(health[c]["status"] == "healthy" for c in ("metadatabase", "scheduler")))' 2>/dev/null
+AIRFLOW_PASSWORD = $$($(AIRFLOW)/bin/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["admin"])' \
+  $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated 2>/dev/null || echo "?")
+
+up: setup $(AIRFLOW_JWT_SECRET_FILE) ## Start MLflow, the BentoML service and Airflow (MLFLOW_PORT, BENTO_PORT, AIRFLOW_PORT), health-checked; logs in var/log/
 	mkdir -p var/log var/run var/mlflow/artifacts
 	if [ -f var/run/mlflow.pid ] && kill -0 $$(cat var/run/mlflow.pid) 2>/dev/null; then echo "MLflow already running"; else \
-	  nohup $(ML)/bin/mlflow server --backend-store-uri $(MLFLOW_BACKEND_STORE_URI) --default-artifact-root $(MLFLOW_ARTIFACT_ROOT) \
-	    --no-serve-artifacts --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 > var/log/mlflow.log 2>&1 & echo $$! > var/run/mlflow.pid; fi
+	  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid nohup $(ML)/bin/mlflow server --backend-store-uri $(MLFLOW_BACKEND_STORE_URI) --default-artifact-root $(MLFLOW_ARTIFACT_ROOT) \
+	    --no-serve-artifacts --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 > var/log/mlflow.log 2>&1 < /dev/null & echo $$! > var/run/mlflow.pid; fi
 	for i in $$(seq 90); do curl -sf http://127.0.0.1:$(MLFLOW_PORT)/health >/dev/null && break; sleep 1; done
 	curl -sf http://127.0.0.1:$(MLFLOW_PORT)/health >/dev/null || (tail -20 var/log/mlflow.log; exit 1)
 	@echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)  (store $(MLFLOW_BACKEND_STORE_URI), artifacts $(MLFLOW_ARTIFACT_ROOT))"
 	if [ -f var/run/bentoml.pid ] && kill -0 $$(cat var/run/bentoml.pid) 2>/dev/null; then echo "BentoML already running"; else \
-	  BENTOML_DO_NOT_TRACK=true MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT) nohup $(ML)/bin/bentoml serve \
-	    serving.service:InvoiceService --host 127.0.0.1 --port $(BENTO_PORT) > var/log/bentoml.log 2>&1 & echo $$! > var/run/bentoml.pid; fi
+	  BENTOML_DO_NOT_TRACK=true MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT) setsid nohup $(ML)/bin/bentoml serve \
+	    serving.service:InvoiceService --host 127.0.0.1 --port $(BENTO_PORT) > var/log/bentoml.log 2>&1 < /dev/null & echo $$! > var/run/bentoml.pid; fi
 	for i in $$(seq 90); do curl -sf http://127.0.0.1:$(BENTO_PORT)/healthz >/dev/null && break; sleep 1; done
 	curl -sf http://127.0.0.1:$(BENTO_PORT)/healthz >/dev/null || (tail -20 var/log/bentoml.log; exit 1)
 	@echo "BentoML: http://127.0.0.1:$(BENTO_PORT)  (POST /extract, API at /docs.json; $$(curl -s -o /dev/null -w '%{http_code}' \
 	  http://127.0.0.1:$(BENTO_PORT)/readyz | sed 's/200/ready: champion loaded/; s/503/not ready yet: loading the champion, or none promoted (make gate)/'))"
+	start=; for c in $(AIRFLOW_COMPONENTS); do \
+	  if [ -f var/run/airflow-$$c.pid ] && kill -0 $$(cat var/run/airflow-$$c.pid) 2>/dev/null; then echo "Airflow $$c already running"; \
+	  else start="$$start $$c"; fi; done; \
+	if [ -n "$$start" ]; then $(AIRFLOW_RUN) $(AIRFLOW)/bin/airflow db migrate > var/log/airflow-db-migrate.log 2>&1 \
+	  || { tail -20 var/log/airflow-db-migrate.log; exit 1; }; fi; \
+	for c in $$start; do case $$c in api-server) args="--host 127.0.0.1 --port $(AIRFLOW_PORT)";; \
+	  scheduler) args=--skip-serve-logs;; *) args=;; esac; \
+	  $(AIRFLOW_RUN) setsid nohup $(AIRFLOW)/bin/airflow $$c $$args > var/log/airflow-$$c.log 2>&1 < /dev/null & echo $$! > var/run/airflow-$$c.pid; done
+	for i in $$(seq 90); do $(AIRFLOW_HEALTHY) && { echo "Airflow healthy after $${SECONDS} s"; break; }; sleep 1; done
+	$(AIRFLOW_HEALTHY) || { curl -s $(AIRFLOW_URL)/api/v2/monitor/health; tail -n 20 var/log/airflow-*.log; exit 1; }
+	@echo "Airflow UI: $(AIRFLOW_URL)  (login admin / $(AIRFLOW_PASSWORD); DAGs from dags/, AIRFLOW_HOME var/airflow)"
+	@echo; echo "services:"; \
+	echo "  MLflow UI   http://127.0.0.1:$(MLFLOW_PORT)"; \
+	echo "  Airflow UI  $(AIRFLOW_URL)  (login admin / $(AIRFLOW_PASSWORD))"; \
+	echo "  BentoML     http://127.0.0.1:$(BENTO_PORT)  (Swagger UI; POST /extract, OpenAPI at /docs.json)"; \
+	echo "  logs in var/log/, stop with: make down"
 
+# Stops each pid file's process, its process group and every descendant (LocalExecutor workers; task processes
+# and their commands, which Airflow puts in process groups of their own; uvicorn and BentoML workers): SIGTERM to
+# the groups, after 10 s SIGTERM to every survivor, after 20 s SIGKILL. The Airflow api-server goes last, so that
+# tasks stopped with the scheduler can still report their state.
 down: ## Stop the services started by make up
-	for pidfile in var/run/*.pid; do [ -f "$$pidfile" ] || continue; kill $$(cat $$pidfile) 2>/dev/null || true; rm -f $$pidfile; done
+	@stop() { \
+	  leaders=; for pidfile in "$$@"; do [ -f "$$pidfile" ] || continue; leaders="$$leaders $$(cat $$pidfile)"; rm -f $$pidfile; done; \
+	  [ -n "$$leaders" ] || return 0; \
+	  pids=$$(ps -eo pid=,ppid=,pgid= | awk -v leaders="$$leaders" 'BEGIN { split(leaders, l, " "); for (i in l) keep[l[i]] = 1 } \
+	    { parent[$$1] = $$2; group[$$1] = $$3 } \
+	    END { for (p in group) if (group[p] in keep) keep[p] = 1; \
+	          do { more = 0; for (p in parent) if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; more = 1 } } while (more); \
+	          for (p in keep) if (p in parent) print p }'); \
+	  for pid in $$leaders; do kill -TERM -- -$$pid 2>/dev/null || kill -TERM $$pid 2>/dev/null || true; done; \
+	  for i in $$(seq 20); do alive=; for pid in $$pids; do kill -0 $$pid 2>/dev/null && alive="$$alive $$pid"; done; \
+	    [ -n "$$alive" ] || break; [ $$i != 10 ] || kill -TERM $$alive 2>/dev/null || true; sleep 1; done; \
+	  [ -z "$$alive" ] || { echo "killing what outlived SIGTERM:$$alive"; kill -KILL $$alive 2>/dev/null || true; }; \
+	}; \
+	stop $$(ls var/run/*.pid 2>/dev/null | grep -v airflow-api-server.pid); stop var/run/airflow-api-server.pid
 	@echo "services stopped"
 
 .PHONY: serve bento
