@@ -16,22 +16,7 @@ from airflow.sdk import dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 
 from training import orchestration
-from training.orchestration import LABELED_INVOICES, dag_settings, default_args
-
-
-def _context():
-    """The processing settings and the results database (the Airflow connection `invoice_results` when
-    defined, else INVOICE_RESULTS_URL / params.yaml / SQLite), as the processing DAG resolves them."""
-    from airflow.sdk import BaseHook
-
-    from training import results
-    from training.processing import ProcessingConfig
-
-    try:
-        url = BaseHook.get_connection("invoice_results").get_uri()
-    except Exception:  # no such connection: the configured default
-        url = None
-    return ProcessingConfig.from_params(), results.connect(url)
+from training.orchestration import LABELED_INVOICES, dag_settings, default_args, processing_context
 
 
 @dag(
@@ -60,7 +45,7 @@ def invoice_feedback():
         """Merge the exports into the dataset (train split) and the results database; file them under done/."""
         from training.feedback import apply_corrections
 
-        config, engine = _context()
+        config, engine = processing_context()
         return apply_corrections(config, engine, orchestration.dataset_dir(), exports)
 
     @task

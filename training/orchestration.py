@@ -90,3 +90,18 @@ def version_data() -> dict[str, Any]:
         f"data version {version['md5']} ({version['files']} files){' unchanged' if version['md5'] == before else ''}"
     )
     return {**version, "previous": before, "changed": version["md5"] != before, "pushed": pushed}
+
+
+def processing_context():
+    """The processing settings and the results database: the Airflow connection `invoice_results` when one is
+    defined (e.g. PostgreSQL), else INVOICE_RESULTS_URL / params.yaml / the SQLite default."""
+    from airflow.sdk import BaseHook
+
+    from training import results
+    from training.processing import ProcessingConfig
+
+    try:
+        url = BaseHook.get_connection("invoice_results").get_uri()
+    except Exception:  # no such connection (Airflow raises its own not-found error): the configured default
+        url = None
+    return ProcessingConfig.from_params(), results.connect(url)

@@ -126,7 +126,7 @@ def log_extractor(
         name="model",
         python_model=InvoiceExtractor(),
         artifacts={"model_dir": str(model_dir)},
-        code_paths=[str(PROJECT_ROOT / "training")],
+        code_paths=[str(Path(__file__).resolve().parent)],  # the package, wherever the project is
         signature=mlflow.models.infer_signature(input_example, output_example),
         input_example=input_example,
         registered_model_name=MODEL_NAME if register else None,
