@@ -3,16 +3,16 @@ data version that triggers `invoice_training`.
 
 Reviewers export their corrections (Label Studio JSON) into `feedback/inbox/` under the processing root. Each
 run merges them into the dataset's train split (document id = the invoice's sha256, so a correction replaces
-the earlier label) and makes the corrected record the document's result (`stored`, with its reviewer);
-malformed tasks are listed with their reason under `feedback/rejected/`, processed exports filed under
-`feedback/done/`. The dataset is then validated (Great Expectations) and versioned (`dvc add` + `dvc push`);
+the earlier label) and makes the corrected record the document's result (`stored`, with its reviewer, and in
+this run's accounting export); malformed tasks are listed with their reason under `feedback/rejected/`,
+processed exports filed under `feedback/done/`. The dataset is then validated (Great Expectations) and versioned (`dvc add` + `dvc push`);
 only a changed version emits the `labeled_invoices` Asset. An empty inbox skips the whole run. The logic lives
 in training/feedback.py.
 """
 
 from __future__ import annotations
 
-from airflow.sdk import dag, task
+from airflow.sdk import dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 
 from training import orchestration
@@ -46,7 +46,19 @@ def invoice_feedback():
         from training.feedback import apply_corrections
 
         config, engine = processing_context()
-        return apply_corrections(config, engine, orchestration.dataset_dir(), exports)
+        run_id = get_current_context()["run_id"]
+        return apply_corrections(config, engine, orchestration.dataset_dir(), exports, run_id)
+
+    @task
+    def export_corrections(applied: dict) -> dict:
+        """The corrected invoices, now stored, as this run's accounting export (CSV and JSON)."""
+        from training.processing import export
+
+        if not applied["stored"]:
+            print("no results record was corrected: nothing to export")
+            return {"invoices": 0}
+        config, engine = processing_context()
+        return export(config, engine, get_current_context()["run_id"])
 
     @task
     def validate_data() -> dict:
@@ -66,6 +78,7 @@ def invoice_feedback():
         return version["md5"]
 
     applied = apply_corrections(collect_corrections())
+    export_corrections(applied)
     version = version_data()
     applied >> validate_data() >> version
     announce_data_version(version)

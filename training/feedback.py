@@ -113,9 +113,12 @@ def reviewed_at(record: Record) -> dt.datetime:
     return stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)
 
 
-def store_correction(config: ProcessingConfig, engine: sa.Engine, record: Record) -> bool | None:
-    """Make the corrected label the document's record (`stored`, reviewer, no open reason) and close its
-    review task. Returns whether the row changed, None when the document is not in the results database."""
+def store_correction(
+    config: ProcessingConfig, engine: sa.Engine, record: Record, run_id: str | None = None
+) -> bool | None:
+    """Make the corrected label the document's record (`stored`, reviewer, no open reason; `run_id`, when
+    given, so that this run's accounting export carries it) and close its review task. Returns whether the row
+    changed, None when the document is not in the results database."""
     rows = results.fetch(engine, [record.doc_id])
     if not rows:
         return None
@@ -128,13 +131,18 @@ def store_correction(config: ProcessingConfig, engine: sa.Engine, record: Record
     }
     changed = any(rows[0][key] != value for key, value in values.items())
     if changed:
-        results.update(engine, record.doc_id, reviewed_at=reviewed_at(record), **values)
+        lineage = {"run_id": run_id} if run_id else {}
+        results.update(engine, record.doc_id, reviewed_at=reviewed_at(record), **values, **lineage)
     (config.root / "review" / f"{record.doc_id}.json").unlink(missing_ok=True)
     return changed
 
 
 def apply_corrections(
-    config: ProcessingConfig, engine: sa.Engine, dataset_dir: Path, exports: list[Path] | None = None
+    config: ProcessingConfig,
+    engine: sa.Engine,
+    dataset_dir: Path,
+    exports: list[Path] | None = None,
+    run_id: str | None = None,
 ) -> dict[str, Any]:
     """Merge each export (default: everything in the inbox) into the dataset's train split and the results
     database, list its rejected tasks, and file it under done/. Rejected besides malformed tasks: labels
@@ -180,7 +188,7 @@ def apply_corrections(
                     "rejected": [{**r, **refs.get(r["item"], {})} for r in report.rejected],
                 },
             )
-        stored = [store_correction(config, engine, record) for record in report.accepted]
+        stored = [store_correction(config, engine, record, run_id) for record in report.accepted]
         export.replace(done / name)
         for key, value in report.imported.items():
             summary[key] += value

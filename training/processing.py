@@ -211,6 +211,7 @@ def extract(config: ProcessingConfig, engine: sa.Engine, shas: list[str], run_id
         try:
             return row["sha256"], page, read_page(client, config, page)
         except ServiceUnavailable as error:
+            print(f"extract: {error}")
             return row["sha256"], page, error
 
     with httpx.Client() as client, ThreadPoolExecutor(config.concurrency) as pool:

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import sqlite3
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from airflow_runs import airflow_env, asset_events, dags_test, make_project, run, task_states
 from PIL import Image
 
 from training import results
@@ -22,8 +20,6 @@ from training.data import read_split, write_split
 from training.feedback import apply_corrections, collect, folder
 from training.processing import ProcessingConfig, review_task
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-AIRFLOW_BIN = REPO_ROOT / ".venvs" / "airflow" / "bin"
 TRUTH = {
     "vendor_name": "Nordwerk GmbH",
     "vendor_address": "Hauptstraße 5, 10115 Berlin",
@@ -201,62 +197,19 @@ def test_files_that_are_not_exports_are_set_aside_and_names_never_collide(review
 # ---------------------------------------------------------------- the DAG
 
 
-def run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> str:
-    result = subprocess.run(list(args), cwd=cwd, capture_output=True, text=True, env=env, check=False)
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout
-
-
-def asset_events(home: Path, name: str) -> int:
-    with sqlite3.connect(home / "airflow.db") as db:
-        return db.execute(
-            "select count(*) from asset_event e join asset a on a.id = e.asset_id where a.name = ?", (name,)
-        ).fetchone()[0]
-
-
-def task_states(home: Path, dag_id: str) -> tuple[str, dict[str, str]]:
-    """The latest run's state and its tasks' states."""
-    with sqlite3.connect(home / "airflow.db") as db:
-        run_id, state = db.execute(
-            "select run_id, state from dag_run where dag_id = ? order by id desc limit 1", (dag_id,)
-        ).fetchone()
-        tasks = db.execute(
-            "select task_id, state from task_instance where dag_id = ? and run_id = ?", (dag_id, run_id)
-        ).fetchall()
-    return state, dict(tasks)
-
-
 @pytest.fixture
 def project(generated, tmp_path):
     """A git + DVC project whose `data/` (the generated dataset less one invoice) is versioned and pushed;
     the invoice left out has been processed and sent to review, with two other documents."""
-    root = tmp_path / "project"
-    root.mkdir()
-    run("git", "init", "-q", cwd=root)
-    run("dvc", "init", "-q", cwd=root)
-    run("dvc", "remote", "add", "-d", "storage", str(tmp_path / "remote"), cwd=root)
-    shutil.copytree(generated, root / "data")
-    train = read_split(root / "data" / "train")
+    dataset = tmp_path / "dataset"
+    shutil.copytree(generated, dataset)
+    train = read_split(dataset / "train")
     invoice = next(r for r in train if r.file_name.endswith(".png") and not r.meta.get("pdf"))
-    (root / "data" / "train" / invoice.file_name).unlink()
-    write_split(root / "data" / "train", [r for r in train if r is not invoice])
-    run("dvc", "add", "-q", "data", cwd=root)
-    run("dvc", "push", "-q", cwd=root)
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    params["dags"] = {**params.get("dags", {}), "retries": 0}
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    run("git", "add", "-A", cwd=root)
-    run(
-        "git",
-        "-c",
-        "user.name=test",
-        "-c",
-        "user.email=test@example.com",
-        "commit",
-        "-qm",
-        "data v1",
-        cwd=root,
-    )
+    page = Image.open(dataset / "train" / invoice.file_name)
+    page.load()
+    (dataset / "train" / invoice.file_name).unlink()
+    write_split(dataset / "train", [r for r in train if r is not invoice])
+    root = make_project(tmp_path / "project", dataset, {"dags": {"retries": 0}})
 
     config = ProcessingConfig(
         root=root / "var" / "processing", inbox=root / "inbox", service_url="", api_key=""
@@ -264,7 +217,6 @@ def project(generated, tmp_path):
     engine = results.connect(f"sqlite:///{root / 'var' / 'results' / 'invoices.db'}")
     truth = invoice.gt_parse
     good, bad, partial = sha_of("good"), sha_of("bad"), sha_of("partial")
-    page = Image.open(generated / "train" / invoice.file_name)
     blank = Image.new("RGB", (600, 800), "white")
     misread = {**truth, "total": "0.00"}
     tasks = [
@@ -287,26 +239,18 @@ def project(generated, tmp_path):
 
 
 @pytest.mark.slow
-def test_feedback_dag_merges_corrections_versions_the_data_and_announces_it_once(project, tmp_path):
+def test_feedback_dag_merges_corrections_versions_the_data_and_announces_it_once(
+    project, tmp_path, airflow_home
+):
     root, config, engine, (good, bad, partial), truth = project
-    home = tmp_path / "airflow"
-    env = {
-        **os.environ,
-        "PATH": f"{AIRFLOW_BIN}{os.pathsep}{os.environ['PATH']}",
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "INVOICE_PROJECT_ROOT": str(root),
-        "INVOICE_PARAMS": str(root / "params.yaml"),
-    }
-    env.pop("VIRTUAL_ENV", None)
-    run(str(AIRFLOW_BIN / "airflow"), "db", "migrate", cwd=root, env=env)
+    env = airflow_env(airflow_home, root)
+    events = asset_events(env, "labeled_invoices")
     version = yaml.safe_load((root / "data.dvc").read_text())["outs"][0]["md5"]
 
-    log = run(str(AIRFLOW_BIN / "airflow"), "dags", "test", "invoice_feedback", cwd=root, env=env)
-    state, tasks = task_states(home, "invoice_feedback")
+    state, log = dags_test(env, "invoice_feedback")
+    tasks = task_states(env, "invoice_feedback")
     assert state == "success" and set(tasks.values()) == {"success"}, (tasks, log[-6000:])
-    assert len(tasks) == 5
+    assert len(tasks) == 6
 
     # The dataset holds the corrected invoice under its sha256, in train, with the reviewer's values.
     records = {r.doc_id: r for r in read_split(root / "data" / "train")}
@@ -320,7 +264,7 @@ def test_feedback_dag_merges_corrections_versions_the_data_and_announces_it_once
     assert new_version != version
     assert json.loads(run("dvc", "status", "--json", cwd=root)) == {}
     assert json.loads(run("dvc", "status", "--cloud", "--json", cwd=root)) == {}
-    assert (tmp_path / "remote" / "files" / "md5" / new_version[:2] / new_version[2:]).is_file()
+    assert (tmp_path / "project-remote" / "files" / "md5" / new_version[:2] / new_version[2:]).is_file()
 
     # The results database: the correction wins, the others stay in review with their tasks.
     rows = {row["sha256"]: row for row in results.fetch(engine)}
@@ -331,6 +275,10 @@ def test_feedback_dag_merges_corrections_versions_the_data_and_announces_it_once
         None,
     )
     assert rows[bad]["status"] == rows[partial]["status"] == "review"
+    (export,) = (config.root / "exports").iterdir()  # the corrected invoice reaches accounting
+    assert [(r["sha256"], r["total"]) for r in json.loads((export / "invoices.json").read_text())] == [
+        (good, truth["total"])
+    ]
     review = config.root / "review"
     assert sorted(p.stem for p in review.iterdir()) == sorted([bad, partial])
 
@@ -352,7 +300,7 @@ def test_feedback_dag_merges_corrections_versions_the_data_and_announces_it_once
     )
 
     # The new version was announced once: `invoice_training` listens to it.
-    assert asset_events(home, "labeled_invoices") == 1
+    assert asset_events(env, "labeled_invoices") == events + 1
 
     # An empty inbox: the run skips everything, announces nothing and changes no data.
     def state_of_everything():
@@ -364,19 +312,19 @@ def test_feedback_dag_merges_corrections_versions_the_data_and_announces_it_once
         )
 
     before = state_of_everything()
-    log = run(str(AIRFLOW_BIN / "airflow"), "dags", "test", "invoice_feedback", cwd=root, env=env)
-    state, tasks = task_states(home, "invoice_feedback")
+    state, log = dags_test(env, "invoice_feedback")
+    tasks = task_states(env, "invoice_feedback")
     assert state == "success", log[-6000:]
     assert tasks.pop("collect_corrections") == "success" and set(tasks.values()) == {"skipped"}, tasks
-    assert asset_events(home, "labeled_invoices") == 1
+    assert asset_events(env, "labeled_invoices") == events + 1
     assert state_of_everything() == before
 
     # The same export dropped again: merged as a no-op, the version does not move, nothing is announced.
     export = feedback / "done" / "project-1-at-2026-03-02-10-00.json"
     shutil.copyfile(export, feedback / "inbox" / export.name)
-    log = run(str(AIRFLOW_BIN / "airflow"), "dags", "test", "invoice_feedback", cwd=root, env=env)
-    state, tasks = task_states(home, "invoice_feedback")
+    state, log = dags_test(env, "invoice_feedback")
+    tasks = task_states(env, "invoice_feedback")
     assert state == "success" and tasks.pop("announce_data_version") == "skipped", (tasks, log[-6000:])
     assert set(tasks.values()) == {"success"}, tasks
-    assert asset_events(home, "labeled_invoices") == 1
+    assert asset_events(env, "labeled_invoices") == events + 1
     assert state_of_everything() == before
