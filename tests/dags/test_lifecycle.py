@@ -224,7 +224,9 @@ def test_service_down_leaves_documents_retryable_and_the_next_run_finishes_them(
     tasks = task_states(down, "invoice_processing")
     assert any(name.startswith("extract") and s == "failed" for name, s in tasks.items()), tasks
     assert "no answer after 2 attempts" in log  # each page: the client's own retry with backoff
-    assert log.count("stay pending for the retry") >= 2  # then Airflow's retry of the task, then the run fails
+    assert (
+        log.count("stay pending for the retry") >= 2
+    )  # then Airflow's retry of the task, then the run fails
     engine = results_db(project)
     rows = {row["file_name"]: row for row in results.fetch(engine) if row["file_name"] in fresh}
     assert {row["status"] for row in rows.values()} == {"pending"}
