@@ -25,8 +25,9 @@ from training import results
 from training.config import PROJECT_ROOT
 from training.processing import ProcessingConfig
 
-console = Console()
+console = Console(width=max(Console().width, 120))  # tables stay readable in logs and pipes
 MODEL = "invoice-extractor"
+KEY_FIELDS = ("invoice_number", "invoice_date", "total", "vendor_name")
 
 
 class Airflow:
@@ -117,15 +118,16 @@ def drop_batch(inbox: Path, n: int, seed: int) -> list[str]:
         delivered.append(source.name)
         shutil.copy(source, inbox / f".{source.name}")  # write hidden, then rename: never a half-read file
         (inbox / f".{source.name}").replace(inbox / source.name)
-    for original in delivered[:2]:
-        shutil.copy(inbox / original, inbox / f"resent-{original}")
+    resent = [f"{Path(name).stem}-resent{Path(name).suffix}" for name in delivered[:2]]
+    for original, copy in zip(delivered[:2], resent, strict=True):  # named to arrive after the original
+        shutil.copy(inbox / original, inbox / copy)
     first_png = next(batch.glob("test/*.png"), None) or next(batch.glob("test/*.jpg"))
     (inbox / "truncated-scan.png").write_bytes(first_png.read_bytes()[:2048])
     (inbox / "empty.pdf").write_bytes(b"")
     (inbox / "broken.pdf").write_bytes(b"%PDF-1.4\n1 0 obj garbage\n")
     (inbox / "remittance-note.txt").write_text("Paid by wire on 2026-11-30.\n")
     broken = ["truncated-scan.png", "empty.pdf", "broken.pdf", "remittance-note.txt"]
-    return [*delivered, *(f"resent-{o}" for o in delivered[:2]), *broken]
+    return [*delivered, *resent, *broken]
 
 
 def show_summary(since: dt.datetime, best: dict[str, Any] | None, airflow_url: str) -> None:
@@ -163,14 +165,16 @@ def show_summary(since: dt.datetime, best: dict[str, Any] | None, airflow_url: s
     for row in [r for r in rows if r["status"] == "quarantine"][:4]:
         console.print(f"quarantined {row['file_name']}: {row['reason']}")
     if best:
+        metrics = best["metrics"]
         accuracy = {
-            k.removeprefix("accuracy_"): round(v, 3)
-            for k, v in best["metrics"].items()
-            if k.startswith("accuracy_")
+            f: round(metrics[f"final_accuracy_{f}"], 3)
+            for f in KEY_FIELDS
+            if f"final_accuracy_{f}" in metrics
         }
         console.print(
-            f"champion: {MODEL} version {best['version']}, data version {best['params'].get('data_version')}; "
-            f"validation exact match per field {accuracy}; gate: {best['tags'].get('gate.decision')}"
+            f"champion: {MODEL} version {best['version']}, trained on data version {best['params'].get('data_version')}; "
+            f"validation exact match {accuracy}, F1 {metrics.get('final_f1', float('nan')):.3f}; "
+            f"gate: {best['tags'].get('gate.decision')} ({best['tags'].get('gate.reasons')})"
         )
     console.print(
         "\nwhere to look:\n"
