@@ -146,10 +146,11 @@ def show_summary(since: dt.datetime, best: dict[str, Any] | None, airflow_url: s
     console.print(
         f"all time: {json.dumps(overall)}; duplicates recognised: {sum(r['duplicates'] for r in results.fetch(engine))}"
     )
-    records = Table(title="a few extracted records")
+    records = Table(title="a few extracted records (this run's, else the latest)")
     for column in ("file", "state", "vendor", "number", "date", "total", "currency", "why"):
         records.add_column(column, overflow="fold")
-    for row in [r for r in rows if r["fields"]][:5]:
+    read = [r for r in rows if r["fields"]] or [r for r in results.fetch(engine) if r["fields"]][-5:]
+    for row in read[:5]:
         f = row["fields"]
         records.add_row(
             row["file_name"],
