@@ -205,5 +205,6 @@ demo: setup ## The main job: services up, labeled data, invoice_training to a ch
 	else $(MAKE) --no-print-directory data N=$(DEMO_N); fi
 	$(AIRFLOW_RUN) $(ML)/bin/python -m training.demo --airflow-url $(AIRFLOW_URL)
 
-clean: ## Remove pipeline outputs and service state (not the environments, data/ or the DVC cache)
+clean: ## Stop the services, then remove pipeline outputs and service state (not the environments, data/ or the DVC cache)
+	$(MAKE) --no-print-directory down
 	rm -rf var
