@@ -708,7 +708,7 @@ def bench_processing(sizes: tuple[int, ...] | None = None, new_tokens: int = 330
     """`invoice_processing` end to end (`airflow dags test`) over inboxes of `sizes` invoices and an empty one,
     against the service's own throughput in the same run: the same pages POSTed straight to /extract by as
     many clients as the DAG keeps requests in flight (params.yaml `process.concurrency`)."""
-    from airflow_runs import AIRFLOW_BIN, airflow_env
+    from airflow_runs import migrate
 
     from training.config import load_params
     from training.data import read_split
@@ -734,15 +734,7 @@ def bench_processing(sizes: tuple[int, ...] | None = None, new_tokens: int = 330
         records = read_split(root / "invoices" / "train")[:200]
         model, _, tracking_uri = _fixed_length_champion(root, records, files[0], new_tokens)
         del model
-        home = root / "airflow-home"
-        migrate = subprocess.run(
-            [str(AIRFLOW_BIN / "airflow"), "db", "migrate"],
-            env=airflow_env(home, REPO_ROOT),
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+        home = migrate(root / "airflow-home")
         print(f"model registered, Airflow migrated: {time.perf_counter() - total_started:.0f} s", flush=True)
         pages = [_rendered_png(path) for path in files[:sample]]
         sample = len(pages)

@@ -33,6 +33,19 @@ def airflow_env(home: Path, project: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def migrate(home: Path) -> Path:
+    """Create (or upgrade) the SQLite metadata database of the Airflow home `home`; returns `home`."""
+    result = subprocess.run(
+        [str(AIRFLOW_BIN / "airflow"), "db", "migrate"],
+        env=airflow_env(home, REPO_ROOT),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return home
+
+
 def dags_test(
     env: dict[str, str], dag_id: str, conf: dict | None = None, timeout: int = 900
 ) -> tuple[str, str]:
