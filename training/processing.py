@@ -141,7 +141,8 @@ def render(config: ProcessingConfig, engine: sa.Engine, shas: list[str]) -> list
     ready = []
     for row in tqdm(results.fetch(engine, shas), desc="render", unit="doc", mininterval=5):
         if row["status"] != "pending":
-            ready += [row["sha256"]] if row["status"] == "extracted" else []
+            if row["status"] == "extracted":  # read by an earlier try, not yet routed
+                ready.append(row["sha256"])
             continue
         if not page_paths(config, row["sha256"]):
             try:
