@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -45,18 +46,20 @@ documents = sa.Table(
 )
 
 
+def default_url(project_root: Path = PROJECT_ROOT) -> str:
+    """The SQLite database a project keeps under its var/results/ when nothing else is configured."""
+    return f"sqlite:///{project_root / 'var' / 'results' / 'invoices.db'}"
+
+
 def results_url() -> str:
-    """`INVOICE_RESULTS_URL`, else params.yaml `process.results_url`, else SQLite under var/results/."""
-    default = f"sqlite:///{PROJECT_ROOT / 'var' / 'results' / 'invoices.db'}"
-    return setting("INVOICE_RESULTS_URL", load_params("process"), "results_url", default)
+    """`INVOICE_RESULTS_URL`, else params.yaml `process.results_url`, else the project's SQLite default."""
+    return setting("INVOICE_RESULTS_URL", load_params("process"), "results_url", default_url())
 
 
 def connect(url: str | None = None) -> sa.Engine:
     """An engine on the results database, with its table created if missing."""
     url = url or results_url()
     if url.startswith("sqlite:///"):
-        from pathlib import Path
-
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(url, future=True)
     metadata.create_all(engine)

@@ -683,7 +683,7 @@ def _processing_run(home: Path, project: Path, url: str, files: list[Path]) -> d
     state, log = dags_test(env, "invoice_processing", timeout=1800)
     seconds = time.perf_counter() - started
     assert state == "success", log[-6000:]
-    rows = results.fetch(results.connect(f"sqlite:///{project / 'var' / 'results' / 'invoices.db'}"))
+    rows = results.fetch(results.connect(results.default_url(project)))
     assert sorted(row["file_name"] for row in rows) == sorted(path.name for path in files), (
         "not every file, once"
     )

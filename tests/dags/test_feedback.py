@@ -214,7 +214,7 @@ def project(generated, tmp_path):
     config = ProcessingConfig(
         root=root / "var" / "processing", inbox=root / "inbox", service_url="", api_key=""
     )
-    engine = results.connect(f"sqlite:///{root / 'var' / 'results' / 'invoices.db'}")
+    engine = results.connect(results.default_url(root))
     truth = invoice.gt_parse
     good, bad, partial = sha_of("good"), sha_of("bad"), sha_of("partial")
     blank = Image.new("RGB", (600, 800), "white")

@@ -117,7 +117,7 @@ def test_training_dag_promotes_a_champion_that_the_service_loads(trained, env, p
 
 def results_db(project: Path):
     """The results database the DAGs wrote for `project` (SQLite default under its var/)."""
-    return results.connect(f"sqlite:///{project / 'var' / 'results' / 'invoices.db'}")
+    return results.connect(results.default_url(project))
 
 
 def inbox_batch(handful: Path, inbox: Path) -> dict[str, dict]:
