@@ -3,7 +3,7 @@ Airflow's REST API: train to a champion (`invoice_training`), drop a batch of in
 duplicate files into the inbox, process it (`invoice_processing`), and print where everything ended.
 
 A second run reuses what exists: a champion trained on the current data version is kept, and the same batch
-dropped again is recognised file by file (nothing is stored twice). Torch-free.
+dropped again is recognised file by file (nothing is stored twice). Runs in the ML environment (MLflow client).
 """
 
 from __future__ import annotations
@@ -21,12 +21,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from training import results
+from training import registry, results
 from training.config import PROJECT_ROOT
 from training.processing import ProcessingConfig
 
 console = Console(width=max(Console().width, 120))  # tables stay readable in logs and pipes
-MODEL = "invoice-extractor"
 KEY_FIELDS = ("invoice_number", "invoice_date", "total", "vendor_name")
 
 
@@ -78,25 +77,17 @@ class Airflow:
             time.sleep(5)
 
 
-def mlflow_get(path: str, **query: str) -> dict[str, Any] | None:
-    response = httpx.get(
-        f"{os.environ['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/{path}", params=query, timeout=30
-    )
-    return response.json() if response.status_code == 200 else None
-
-
 def champion() -> dict[str, Any] | None:
-    """The champion version with its run's params and metrics, or None."""
-    found = mlflow_get("registered-models/alias", name=MODEL, alias="champion")
-    if not found:
+    """The champion version with its run's params and metrics and the version's tags, or None."""
+    ref = registry.by_alias("champion")
+    if ref is None:
         return None
-    version = found["model_version"]
-    run = mlflow_get("runs/get", run_id=version["run_id"])["run"]["data"]
+    run = registry.client().get_run(ref.run_id).data
     return {
-        "version": version["version"],
-        "params": {p["key"]: p["value"] for p in run.get("params", [])},
-        "metrics": {m["key"]: m["value"] for m in run.get("metrics", [])},
-        "tags": {t["key"]: t["value"] for t in version.get("tags", [])},
+        "version": ref.version,
+        "params": run.params,
+        "metrics": run.metrics,
+        "tags": registry.client().get_model_version(ref.name, ref.version).tags,
     }
 
 
@@ -173,13 +164,13 @@ def show_summary(since: dt.datetime, best: dict[str, Any] | None, airflow_url: s
             if f"final_accuracy_{f}" in metrics
         }
         console.print(
-            f"champion: {MODEL} version {best['version']}, trained on data version {best['params'].get('data_version')}; "
+            f"champion: {registry.MODEL_NAME} version {best['version']}, trained on data version {best['params'].get('data_version')}; "
             f"validation exact match {accuracy}, F1 {metrics.get('final_f1', float('nan')):.3f}; "
             f"gate: {best['tags'].get('gate.decision')} ({best['tags'].get('gate.reasons')})"
         )
     console.print(
         "\nwhere to look:\n"
-        f"  MLflow UI    {os.environ['MLFLOW_TRACKING_URI']}  (runs of experiment 'invoice-extraction', model '{MODEL}')\n"
+        f"  MLflow UI    {os.environ['MLFLOW_TRACKING_URI']}  (runs of experiment 'invoice-extraction', model '{registry.MODEL_NAME}')\n"
         f"  Airflow UI   {airflow_url}  (DAGs invoice_training, invoice_processing, invoice_feedback)\n"
         f"  BentoML      {config.service_url}  (Swagger UI; POST /extract)\n"
         f"  exports      {config.root / 'exports'}  (CSV and JSON per processing run)\n"
