@@ -59,7 +59,7 @@ AIRFLOW_RUN = PATH=$(abspath $(AIRFLOW)/bin):$$PATH AIRFLOW__API_AUTH__JWT_SECRE
 export PATH := $(abspath $(ML)/bin):$(PATH)
 export INVOICE_PROJECT_ROOT := $(CURDIR)
 
-.PHONY: help setup lock data validate train evaluate gate rollback up down test lint bench demo clean
+.PHONY: help setup lock data validate train pretrain evaluate gate rollback up down test lint bench demo clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -104,6 +104,9 @@ validate: setup ## Run the Great Expectations suite on DATA (default data/); rep
 
 train: setup ## Fine-tune Donut (params.yaml train:; ARGS="--max-steps 200"), tracked in MLflow, registered as challenger
 	invoice model train $(ARGS)
+
+pretrain: setup ## Reproduce the shipped base reader training/base (params.yaml pretrain:; ARGS="--smoke" for a few steps), tracked in MLflow
+	invoice model pretrain $(ARGS)
 
 evaluate: setup ## Score MODEL (default: champion, else challenger) on DATASET (Donut split or labels.jsonl folder)
 	invoice model evaluate $(DATASET) $(if $(MODEL),--model $(MODEL)) $(ARGS)

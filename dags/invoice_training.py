@@ -50,6 +50,12 @@ def _flags(**options) -> str:
         "preset": Param(
             "tiny", enum=["tiny", "gpu"], description="model size (params.yaml train: otherwise)"
         ),
+        "base": Param(
+            None,
+            type=["null", "string"],
+            description="pretrained Donut to fine-tune (path or hub id); empty: params.yaml train.base, the "
+            "shipped base reader; `none`: the preset from scratch",
+        ),
         "epochs": Param(None, type=["null", "integer"], description="passes over the training split"),
         "max_steps": Param(
             None, type=["null", "integer"], description="stop after this many optimiser steps"
@@ -84,7 +90,7 @@ def invoice_training():
     @task.bash(cwd=str(PROJECT_ROOT))
     def train(params: dict | None = None) -> str:
         """`invoice model train` in the ML environment: tracked in MLflow, registered as the challenger."""
-        options = {k: params[k] for k in ("preset", "epochs", "max_steps", "max_minutes")}
+        options = {k: params[k] for k in ("preset", "base", "epochs", "max_steps", "max_minutes")}
         return f"{ml_bin()}/invoice model train {_flags(**options)}"
 
     @task.bash(cwd=str(PROJECT_ROOT))

@@ -159,11 +159,23 @@ def _image_size(value: str | None) -> tuple[int, int] | None:
     return int(height), int(width)
 
 
+def _base_path(base: str | None) -> str | None:
+    """`none` trains the preset from scratch; a relative path not found here is the code's own (training/base)."""
+    if not base or base.lower() == "none":
+        return None
+    shipped = Path(__file__).resolve().parents[1] / base
+    return str(shipped) if not Path(base).exists() and shipped.exists() else base
+
+
 @model_app.command("train")
 def train_cmd(
-    preset: Annotated[str | None, typer.Option(help="tiny (CPU) or gpu; ignored with --base.")] = None,
+    preset: Annotated[str | None, typer.Option(help="tiny (CPU) or gpu; ignored with a base.")] = None,
     base: Annotated[
-        str | None, typer.Option(help="Pretrained Donut to fine-tune: local path or hub id.")
+        str | None,
+        typer.Option(
+            help="Pretrained Donut to fine-tune: local path or hub id (default params.yaml train.base, the "
+            "shipped base reader); `none` trains the preset from scratch."
+        ),
     ] = None,
     data: Annotated[str | None, typer.Option(help="Dataset folder in Donut's layout.")] = None,
     output: Annotated[
@@ -206,6 +218,7 @@ def train_cmd(
     settings.update({k: v for k, v in cli.items() if v is not None})
     if isinstance(settings.get("image_size"), list):
         settings["image_size"] = tuple(settings["image_size"])
+    settings["base"] = _base_path(settings.get("base"))
     config = TrainConfig(**settings)
     console.print(f"tracking to {use_tracking()}; run folder {config.output}")
     result = train_and_log(config, register=register)
@@ -214,6 +227,41 @@ def train_cmd(
         f"after {result['steps']} steps; model {result.get('registered_version', 'not registered')}"
     )
     _print_json({k: v for k, v in result.items() if k != "scores"})
+
+
+@model_app.command("pretrain")
+def pretrain_cmd(
+    smoke: Annotated[
+        bool, typer.Option(help="A few steps on a few pages, exported under the run folder.")
+    ] = False,
+    max_steps: Annotated[
+        int | None, typer.Option(help="Optimiser steps in all (the schedule's length).")
+    ] = None,
+    max_minutes: Annotated[
+        float | None, typer.Option(help="Stop after this many minutes (resumable).")
+    ] = None,
+    export_to: Annotated[str | None, typer.Option(help="Where the base checkpoint and card go.")] = None,
+) -> None:
+    """Reproduce the base reader: synthetic pages, tokenizer, reading curriculum, held-out evaluation, export."""
+    from dataclasses import replace
+
+    from training.config import from_section
+    from training.pretrain import PretrainConfig, pretrain
+    from training.tracking import use_tracking
+
+    config = from_section(PretrainConfig, load_params("pretrain"))
+    config = config.smoke() if smoke else config
+    overrides = {"max_steps": max_steps, "max_minutes": max_minutes, "export_to": export_to}
+    config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    console.print(
+        f"tracking to {use_tracking()}; pretraining into {config.output}, exporting to {config.export_to}"
+    )
+    result = pretrain(config, command="invoice model pretrain " + " ".join(sys.argv[3:]))
+    held_out = {k: v["accuracy"] for k, v in result["holdout_scores"]["per_field"].items()}
+    console.print(
+        f"[green]base reader[/] {result['export_to']} ({result['size_mb']} MB); held-out family: {held_out}"
+    )
+    _print_json({k: v for k, v in result.items() if not k.endswith("_scores")})
 
 
 @model_app.command("import-donut")

@@ -60,16 +60,32 @@ class TrainConfig:
     train_split: str = "train"
     eval_split: str = "validation"
     vocab_size: int = 2000
-    reading_steps: int = 0  # curriculum: steps of whole-page reading before field extraction
+    # Curriculum: `crop_steps` of reading bands of text lines, then `reading_steps` of whole pages (Donut's
+    # pretraining task), then field extraction with every `crop_every`-th step a band-reading step.
+    crop_steps: int = 0
+    reading_steps: int = 0
+    crop_every: int = 0
+    crop_height: int = 320  # a multiple of 32 x window size, so the Swin's last stage still fills a window
+    crop_batch_size: int = 12
     max_minutes: float | None = None  # stop (checkpointed, resumable) after this much training time
 
     def model_config(self) -> ModelConfig:
         return PRESETS[self.preset].with_overrides(image_size=self.image_size, max_length=self.max_length)
 
 
+def task_at(config: TrainConfig, step: int) -> str:
+    """The curriculum: which task optimiser step `step` trains."""
+    if step < config.crop_steps:
+        return "crops"
+    if step < config.crop_steps + config.reading_steps:
+        return "reading"
+    return "crops" if config.crop_every and step % config.crop_every == 0 else "invoice"
+
+
 class InvoicePages(Dataset):
     """Pages as uint8 tensors (preprocessed once, then cached) with their tokenised targets for a task:
-    `invoice` (the fields) or `reading` (the page transcript, Donut's pretraining task)."""
+    `invoice` (the fields), `reading` (the page transcript, Donut's pretraining task) or, for pages whose
+    metadata has line boxes, `crops`: horizontal bands of the page and the lines they hold."""
 
     def __init__(self, examples: list[Example], processor, max_length: int) -> None:
         self.examples, self.processor, self.max_length = examples, processor, max_length
@@ -87,27 +103,67 @@ class InvoicePages(Dataset):
             self.cache[index] = values.round().clamp(0, 255).to(torch.uint8)
         return self.cache[index]
 
-    def sequence(self, index: int, task: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(decoder_input_ids, labels)`: the input starts with the task token, the labels end with `</s>`."""
-        tokenizer = self.processor.tokenizer
+    def target(self, index: int, task: str) -> tuple[str, str]:
+        """`(task, text)` to train page `index` on: pages without a transcript fall back to their fields."""
         example = self.examples[index]
         text = example.meta.get("text") if task == "reading" else None
-        if text is None:
-            task, text = "invoice", json2token(example.label)
+        return ("reading", text) if text is not None else ("invoice", json2token(example.label))
+
+    def sequence(self, task: str, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(decoder_input_ids, labels)`: the input starts with the task token, the labels end with `</s>`."""
+        tokenizer = self.processor.tokenizer
         ids = tokenizer(text, add_special_tokens=False).input_ids[: self.max_length - 2]
         start = tokenizer.convert_tokens_to_ids(TASK_TOKENS[task])
         return torch.tensor([start, *ids]), torch.tensor([*ids, tokenizer.eos_token_id])
 
-    def batch(self, indices: list[int], task: str) -> dict[str, torch.Tensor]:
+    def crop(self, index: int, height: int, rng: random.Random) -> tuple[torch.Tensor, str] | None:
+        """A band of `height` pixel rows of the preprocessed page starting at a random line, and the text of
+        the lines entirely inside it; the rows below the last of them are blanked. None without line boxes."""
+        lines = self.examples[index].meta.get("lines")
+        if not lines:
+            return None
+        page = self.pixels(index)
+        scale, top_pad = self.placement(index)
+        boxes = [(top * scale + top_pad, bottom * scale + top_pad, text) for top, _, bottom, _, text in lines]
+        first = rng.randrange(len(boxes))
+        start = max(0, min(int(boxes[first][0]) - 2, page.shape[1] - height))
+        inside = [
+            (top, bottom, text) for top, bottom, text in boxes if top >= start and bottom <= start + height
+        ]
+        band = page[:, start : start + height].clone()
+        blank_from = int(max((bottom for _, bottom, _ in inside), default=start) - start) + 2
+        if blank_from < height:
+            band[:, blank_from:] = band[:, blank_from:].flatten(1).median(dim=1).values[:, None, None]
+        return band, "\n".join(text for _, _, text in inside)
+
+    def placement(self, index: int) -> tuple[float, int]:
+        """How the processor placed page `index`: its scale and the padding above it (it pads evenly)."""
+        size = self.processor.image_processor.size
+        with Image.open(self.examples[index].image) as image:
+            page_width, page_height = image.size
+        scale = min(size["height"] / page_height, size["width"] / page_width)
+        return scale, (size["height"] - round(page_height * scale)) // 2
+
+    def collate(self, pixels: list[torch.Tensor], targets: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
         """Normalise pixels as Donut's processor does ((x/255 - 0.5) / 0.5) and pad the sequences."""
-        pixels = torch.stack([self.pixels(i) for i in indices]).float().div_(127.5).sub_(1.0)
-        inputs, labels = zip(*(self.sequence(i, task) for i in indices), strict=True)
+        inputs, labels = zip(*(self.sequence(task, text) for task, text in targets), strict=True)
         pad = self.processor.tokenizer.pad_token_id
         return {
-            "pixel_values": pixels,
+            "pixel_values": torch.stack(pixels).float().div_(127.5).sub_(1.0),
             "decoder_input_ids": torch.nn.utils.rnn.pad_sequence(inputs, batch_first=True, padding_value=pad),
             "labels": torch.nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=IGNORE_INDEX),
         }
+
+    def batch(self, indices: list[int], task: str) -> dict[str, torch.Tensor]:
+        return self.collate([self.pixels(i) for i in indices], [self.target(i, task) for i in indices])
+
+    def crop_batch(self, size: int, height: int, rng: random.Random) -> dict[str, torch.Tensor] | None:
+        """`size` bands from random pages with line boxes; None when no page has them."""
+        candidates = [i for i, e in enumerate(self.examples) if e.meta.get("lines")]
+        if not candidates:
+            return None
+        crops = [self.crop(rng.choice(candidates), height, rng) for _ in range(size)]
+        return self.collate([band for band, _ in crops], [("reading", text) for _, text in crops])
 
 
 def seed_everything(seed: int) -> None:
@@ -255,22 +311,38 @@ def train(config: TrainConfig, log: Callback | None = None, progress: bool = Tru
         batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
         while state.batch_in_epoch < len(batches) and state.step < total_steps and not out_of_time():
             model.train()
-            task = "reading" if state.step < config.reading_steps else "invoice"
-            group = batches[state.batch_in_epoch : state.batch_in_epoch + config.grad_accum]
+            task = task_at(config, state.step)
+            # Bands come from random pages (seeded by the step, so a resumed run draws the same ones) and do
+            # not advance the epoch over pages.
+            crops = (
+                dataset.crop_batch(
+                    config.crop_batch_size, config.crop_height, random.Random(f"{config.seed}:{state.step}")
+                )
+                if task == "crops"
+                else None
+            )
+            group = (
+                [crops]
+                if crops is not None
+                else [
+                    dataset.batch(indices, "invoice" if task == "crops" else task)
+                    for indices in batches[state.batch_in_epoch : state.batch_in_epoch + config.grad_accum]
+                ]
+            )
             loss_sum = 0.0
-            for indices in group:
-                batch = {k: v.to(target) for k, v in dataset.batch(indices, task).items()}
+            for batch in group:
+                batch = {k: v.to(target) for k, v in batch.items()}
                 with autocast(config.bf16):
                     loss = model(**batch).loss / len(group)
                 loss.backward()
                 loss_sum += loss.item()
-                window_samples += len(indices)
+                window_samples += len(batch["labels"])
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
-            state.batch_in_epoch += len(group)
+            state.batch_in_epoch += 0 if crops is not None else len(group)
             bar.update()
             elapsed = time.perf_counter() - window_started
             bar.set_postfix(loss=f"{loss_sum:.3f}", samples_s=f"{window_samples / elapsed:.2f}")
@@ -280,13 +352,18 @@ def train(config: TrainConfig, log: Callback | None = None, progress: bool = Tru
                     "step",
                     {
                         "loss": loss_sum,
+                        f"loss_{task}": loss_sum,  # the curriculum's tasks have losses of their own scale
                         "learning_rate": scheduler.get_last_lr()[0],
                         "samples_per_s": window_samples / elapsed,
                     },
                     state.step,
                 )
                 window_started, window_samples = time.perf_counter(), 0
-            if eval_subset and (state.step % config.eval_every == 0 or state.step == total_steps):
+            if (
+                eval_subset
+                and state.step > config.crop_steps + config.reading_steps  # fields are trained from here on
+                and (state.step % config.eval_every == 0 or state.step == total_steps)
+            ):
                 scores, _ = evaluate_model(model, processor, eval_subset)
                 current = mean_field_accuracy(scores)
                 log("eval", {**scores, "mean_field_accuracy": current}, state.step)

@@ -16,8 +16,8 @@ from tqdm import tqdm
 
 from training.data import SPLITS, Record, write_split
 from training.synth.content import random_invoice
-from training.synth.degrade import degrade
-from training.synth.render import LAYOUTS, render_page
+from training.synth.degrade import degrade, rotate_box
+from training.synth.render import LAYOUTS, TextLine, render_page
 
 
 @dataclass(frozen=True)
@@ -53,17 +53,27 @@ def make_invoice(config: GeneratorConfig, index: int) -> SyntheticInvoice:
     rng = random.Random(f"{config.seed}:{index}")
     content = random_invoice(rng)
     layout = rng.choice(config.layouts)
-    image, transcript = render_page(content, layout, rng, config.dpi)
+    image, lines = render_page(content, layout, rng, config.dpi)
     scanned = rng.random() < config.degrade_share
     if scanned:
-        image = degrade(image, rng)
+        clean_size = image.size
+        image, angle = degrade(image, rng)
+        lines = [
+            TextLine(
+                *rotate_box((ln.top, ln.left, ln.bottom, ln.right), angle, clean_size, image.size), ln.text
+            )
+            for ln in lines
+        ]
     meta = {
         "source": "synthetic",
         "layout": layout,
         "locale": content.locale.name,
         "scanned": scanned,
         "seed": config.seed,
-        "text": transcript,  # the page's text in reading order: target of the reading task
+        "text": "\n".join(
+            ln.text for ln in lines
+        ),  # the page's text in reading order: the reading task's target
+        "lines": [[ln.top, ln.left, ln.bottom, ln.right, ln.text] for ln in lines],  # pixel boxes, for crops
     }
     return SyntheticInvoice(f"syn{config.seed}-{index:06d}", image, content.label(), meta)
 

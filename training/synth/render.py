@@ -23,6 +23,20 @@ ACCENTS: tuple[RGB, ...] = (
 )
 
 
+LINE_HEIGHT = 1.25  # a line's ink from its top, in multiples of the font size (ascenders to descenders)
+
+
+@dataclass(frozen=True)
+class TextLine:
+    """One line of a page in reading order: its box in pixels (top, left, bottom, right) and its text."""
+
+    top: int
+    left: int
+    bottom: int
+    right: int
+    text: str
+
+
 @dataclass(frozen=True)
 class Style:
     """Typography and colour of one page."""
@@ -53,7 +67,8 @@ class Canvas:
             "RGB", (round(self.width * self.scale), round(self.height * self.scale)), "white"
         )
         self.draw = ImageDraw.Draw(self.image)
-        self.spans: list[tuple[float, float, float, str]] = []  # (top, left, size, text) of every text drawn
+        # (top, left, size, width, text) of every text drawn, in points
+        self.spans: list[tuple[float, float, float, float, str]] = []
 
     def _font(self, size: float | None, bold: bool):
         path = self.style.family.bold if bold else self.style.family.regular
@@ -87,21 +102,27 @@ class Canvas:
             fill=fill or self.style.ink,
         )
         if text.strip():
-            self.spans.append((y, x - offset[align], size, text.strip()))
+            left = x - offset[align] + self.measure(text[: len(text) - len(text.lstrip())], size, bold)
+            self.spans.append((y, left, size, self.measure(text.strip(), size, bold), text.strip()))
         return y + size * 1.35
 
-    def transcript(self) -> str:
-        """The page's text in reading order: spans whose tops are within half a line form one line, left to right.
-        This is the target of Donut's reading (pretraining) task."""
-        lines: list[list[tuple[float, float, float, str]]] = []
+    def text_lines(self) -> list[TextLine]:
+        """The page's text in reading order with pixel boxes: spans whose tops are within half a line form one
+        line, left to right. Their text is the target of Donut's reading (pretraining) task."""
+        rows: list[list[tuple[float, float, float, float, str]]] = []
         for span in sorted(self.spans):
-            if lines and span[0] - lines[-1][0][0] < 0.5 * min(span[2], lines[-1][0][2]):
-                lines[-1].append(span)
+            if rows and span[0] - rows[-1][0][0] < 0.5 * min(span[2], rows[-1][0][2]):
+                rows[-1].append(span)
             else:
-                lines.append([span])
-        return "\n".join(
-            " ".join(text for _, _, _, text in sorted(line, key=lambda s: s[1])) for line in lines
-        )
+                rows.append([span])
+        lines = []
+        for row in rows:
+            row.sort(key=lambda s: s[1])
+            top = min(s[0] for s in row)
+            bottom = max(s[0] + s[2] * LINE_HEIGHT for s in row)
+            box = (top, row[0][1], bottom, max(s[1] + s[3] for s in row))
+            lines.append(TextLine(*(round(v * self.scale) for v in box), " ".join(s[4] for s in row)))
+        return lines
 
     def lines(
         self,
@@ -570,8 +591,10 @@ def random_style(inv: InvoiceContent, rng: random.Random, monospace: bool = Fals
     return Style(rng.choice(families), rng.uniform(8.0, 10.5), rng.choice(ACCENTS), ink, rng.randrange(3))
 
 
-def render_page(inv: InvoiceContent, layout: str, rng: random.Random, dpi: int) -> tuple[Image.Image, str]:
-    """Draw `inv` with one layout family at `dpi`; returns the page and its transcript. Receipts get a narrow
+def render_page(
+    inv: InvoiceContent, layout: str, rng: random.Random, dpi: int
+) -> tuple[Image.Image, list[TextLine]]:
+    """Draw `inv` with one layout family at `dpi`; returns the page and its text lines. Receipts get a narrow
     paper strip and, mostly, a monospace font."""
     is_receipt = layout == "receipt"
     style = random_style(inv, rng, monospace=is_receipt and rng.random() < 0.7)
@@ -582,4 +605,4 @@ def render_page(inv: InvoiceContent, layout: str, rng: random.Random, dpi: int) 
         paper = "Letter" if inv.locale.name in ("en_US", "en_CA") else "A4"
         canvas = Canvas(paper, dpi, style)
     LAYOUTS[layout](canvas, inv, rng)
-    return canvas.image, canvas.transcript()
+    return canvas.image, canvas.text_lines()

@@ -1,0 +1,140 @@
+"""The base reader: band crops and the curriculum, `make pretrain` in smoke mode, and the shipped checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image, ImageDraw
+
+from training.evaluate import field_correct, load_examples
+from training.model import PRESETS, build_model
+from training.synth.degrade import rotate_box
+from training.synth.generate import GeneratorConfig, generate_dataset
+from training.train import InvoicePages, TrainConfig, task_at
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_rotate_box_follows_pil_rotation():
+    image = Image.new("L", (400, 300), 255)
+    ImageDraw.Draw(image).rectangle([300, 40, 309, 49], fill=0)  # a 10 px square, top right
+    rotated = image.rotate(2.5, resample=Image.Resampling.BICUBIC, expand=True, fillcolor=255)
+    dark = [
+        (x, y) for y in range(rotated.height) for x in range(rotated.width) if rotated.getpixel((x, y)) < 128
+    ]
+    top, left, bottom, right = rotate_box((40, 300, 50, 310), 2.5, image.size, rotated.size)
+    assert abs(min(y for _, y in dark) - top) <= 1 and abs(min(x for x, _ in dark) - left) <= 1
+    assert abs(max(y for _, y in dark) + 1 - bottom) <= 1 and abs(max(x for x, _ in dark) + 1 - right) <= 1
+
+
+def test_curriculum_order():
+    config = TrainConfig(crop_steps=3, reading_steps=2, crop_every=4)
+    assert [task_at(config, step) for step in range(10)] == [
+        *["crops"] * 3,
+        *["reading"] * 2,
+        "invoice",
+        "invoice",
+        "invoice",
+        "crops",
+        "invoice",
+    ]
+
+
+def test_bands_hold_exactly_the_lines_inside_them(tmp_path, tokenizer):
+    """Scanned (rotated) pages too: every line of a band's target is a line of the page, in reading order."""
+    generate_dataset(
+        GeneratorConfig(n=6, seed=11, degrade_share=1.0, pdf_share=0.0), tmp_path, progress=False
+    )
+    examples = load_examples(tmp_path / "train")
+    _, processor = build_model(PRESETS["tiny"], tokenizer)
+    pages = InvoicePages(examples, processor, max_length=512)
+    rng = random.Random(0)
+    non_empty = 0
+    for index, example in enumerate(examples):
+        page_lines = [line[4] for line in example.meta["lines"]]
+        assert "\n".join(page_lines) == example.meta["text"]
+        for _ in range(5):
+            band, text = pages.crop(index, 320, rng)
+            assert band.shape == (3, 320, 720) and band.dtype == pages.pixels(index).dtype
+            lines = text.split("\n") if text else []
+            if lines:
+                non_empty += 1
+                remaining = iter(page_lines)
+                assert all(line in remaining for line in lines), (lines, page_lines)  # in reading order
+    assert non_empty >= 20
+    batch = pages.crop_batch(6, 320, rng)
+    assert batch["pixel_values"].shape == (6, 3, 320, 720)
+    reading = processor.tokenizer.convert_tokens_to_ids("<s_reading>")
+    assert (batch["decoder_input_ids"][:, 0] == reading).all()
+
+
+def test_make_pretrain_smoke_exports_a_base_that_loads(tmp_path):
+    """`make pretrain ARGS=--smoke`'s command end to end: pages, tokenizer, curriculum, MLflow run, export."""
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["pretrain"]["output"] = str(tmp_path / "pretrain")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "INVOICE_PARAMS": str(tmp_path / "params.yaml")}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = subprocess.run(
+        ["invoice", "model", "pretrain", "--smoke"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    base = Path(result["export_to"])
+    assert base == tmp_path / "pretrain" / "smoke" / "base"
+    assert {"model.safetensors", "tokenizer.json", "README.md", "scores.json"} <= {
+        p.name for p in base.iterdir()
+    }
+    assert result["steps"] == 6 and 1 < result["size_mb"] <= 40
+    card = (base / "README.md").read_text()
+    assert "invoice model pretrain --smoke" in card and "boxed" in card and result["run_id"] in card
+
+    import mlflow
+
+    run = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).get_run(result["run_id"])
+    assert "holdout_accuracy_total" in run.data.metrics and run.data.params["crop_steps"] == "2"
+    assert run.data.params["pretrain_holdout_layouts"] == "('boxed',)"
+
+    from training.model import load_pretrained
+
+    model, processor = load_pretrained(base)
+    assert model.config.decoder_start_token_id == processor.tokenizer.convert_tokens_to_ids("<s_invoice>")
+    assert processor.image_processor.size == {"height": 960, "width": 720}
+    assert processor.tokenizer.convert_tokens_to_ids("<s_reading>") != processor.tokenizer.unk_token_id
+
+
+@pytest.fixture(scope="module")
+def fresh_invoices(tmp_path_factory) -> list:
+    """Invoices the shipped base never saw: a seed of their own, the layout families it was trained on."""
+    out = tmp_path_factory.mktemp("fresh")
+    settings = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())["pretrain"]
+    layouts = tuple(
+        name for name in GeneratorConfig(1).layouts if name not in settings.get("holdout_layouts", ())
+    )
+    generate_dataset(
+        GeneratorConfig(n=4, seed=2026, layouts=layouts, split_shares=(0.0, 0.0, 1.0), pdf_share=0.0),
+        out,
+        progress=False,
+    )
+    return load_examples(out / "test")
+
+
+def test_shipped_base_reads_fresh_invoices(fresh_invoices):
+    from training.model import load_pretrained
+    from training.predict import predict
+
+    model, processor = load_pretrained(REPO_ROOT / "training" / "base")
+    images = [Image.open(example.image).convert("RGB") for example in fresh_invoices]
+    predictions = predict(model, processor, images, batch_size=4)
+    for field in ("invoice_number", "invoice_date", "total"):
+        correct = [
+            field_correct(field, p.fields.get(field), e.label.get(field))
+            for p, e in zip(predictions, fresh_invoices, strict=True)
+        ]
+        assert sum(correct) >= len(fresh_invoices) - 1, (field, [p.fields.get(field) for p in predictions])

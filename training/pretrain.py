@@ -1,0 +1,247 @@
+"""`make pretrain`: the base reader every fine-tune starts from, reproduced end to end.
+
+Synthetic pages of the training layout families (data) → a SentencePiece tokenizer over their text → a tiny
+Donut trained by curriculum: bands of text lines (reading, many supervised tokens per encoder pass), then field
+extraction on whole pages with band reading mixed in. Scored on a layout family it never saw, then exported
+with a model card to the folder the presets fine-tune from (`training/base`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from training.evaluate import load_examples
+from training.synth.generate import GeneratorConfig, generate_dataset
+from training.synth.render import LAYOUTS
+from training.train import TrainConfig, evaluate_model
+
+BASE_DIR = Path(__file__).resolve().parent / "base"  # shipped with the code
+MAX_BASE_MB = 40
+MODEL_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "sentencepiece.bpe.model",
+    "special_tokens_map.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Everything the base reader depends on; logged with its MLflow run and written into its model card."""
+
+    output: str = "var/pretrain"
+    export_to: str = str(BASE_DIR)
+    pages: int = 3000
+    seed: int = 7
+    holdout_layouts: tuple[str, ...] = ("boxed",)  # never trained on: the generalisation test
+    holdout_pages: int = 100
+    crop_steps: int = 1500
+    crop_every: int = 3
+    max_steps: int = 6000
+    max_minutes: float | None = None
+    batch_size: int = 4
+    crop_batch_size: int = 12
+    learning_rate: float = 5e-4
+    warmup_steps: int = 200
+    eval_every: int = 750
+    eval_samples: int = 24
+    checkpoint_every: int = 100
+    vocab_size: int = 2000
+    max_length: int | None = None  # decoder positions; None keeps the preset's
+
+    @property
+    def layouts(self) -> tuple[str, ...]:
+        return tuple(name for name in LAYOUTS if name not in self.holdout_layouts)
+
+    def smoke(self) -> PretrainConfig:
+        """A few steps on a few pages, exported beside the run: checks the whole path in CI."""
+        return replace(
+            self,
+            output=str(Path(self.output) / "smoke"),
+            export_to=str(Path(self.output) / "smoke" / "base"),
+            pages=24,
+            holdout_pages=4,
+            crop_steps=2,
+            crop_every=2,
+            max_steps=6,
+            warmup_steps=1,
+            eval_every=6,
+            eval_samples=2,
+            checkpoint_every=3,
+            vocab_size=600,
+            max_length=128,  # an untrained decoder writes until the limit: keep its evaluations short
+        )
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(
+            data=str(Path(self.output) / "data"),
+            output=str(Path(self.output) / "run"),
+            preset="tiny",
+            max_steps=self.max_steps,
+            max_minutes=self.max_minutes,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            warmup_steps=self.warmup_steps,
+            seed=self.seed,
+            eval_every=self.eval_every,
+            eval_samples=self.eval_samples,
+            patience=10**6,  # a curriculum is not stopped early: later stages need the earlier ones
+            checkpoint_every=self.checkpoint_every,
+            vocab_size=self.vocab_size,
+            max_length=self.max_length,
+            crop_steps=self.crop_steps,
+            crop_every=self.crop_every,
+            crop_batch_size=self.crop_batch_size,
+        )
+
+
+def _generate_once(config: GeneratorConfig, out: Path) -> Path:
+    """Render `config` into `out` unless the same config already did (so a resumed pretraining reuses it)."""
+    stamp = out / "generator.json"
+    wanted = json.dumps(asdict(config), sort_keys=True)
+    if not (stamp.exists() and stamp.read_text() == wanted):
+        generate_dataset(config, out)
+        stamp.write_text(wanted)
+    return out
+
+
+def generate_pages(config: PretrainConfig) -> tuple[Path, Path]:
+    """The training pages (its layout families, train/validation) and the held-out family's pages (test)."""
+    root = Path(config.output)
+    pool = _generate_once(
+        GeneratorConfig(
+            n=config.pages, seed=config.seed, layouts=config.layouts, split_shares=(0.95, 0.05, 0.0)
+        ),
+        root / "data",
+    )
+    holdout = _generate_once(
+        GeneratorConfig(
+            n=config.holdout_pages,
+            seed=config.seed + 1,
+            layouts=config.holdout_layouts,
+            split_shares=(0.0, 0.0, 1.0),
+        ),
+        root / "holdout",
+    )
+    return pool, holdout / "test"
+
+
+def field_scores(model_dir: Path, folder: Path) -> dict[str, Any]:
+    """Exact match per field (and docs/s) of the model in `model_dir` on the pages of `folder`."""
+    from training.model import load_pretrained
+
+    model, processor = load_pretrained(model_dir)
+    scores, _ = evaluate_model(model, processor, load_examples(folder))
+    return scores
+
+
+def export_base(model_dir: Path, export_to: Path, card: str) -> float:
+    """Copy the model's files and its model card into `export_to`; returns its size in MB (at most 40)."""
+    export_to.mkdir(parents=True, exist_ok=True)
+    for name in MODEL_FILES:
+        if (model_dir / name).exists():
+            shutil.copy2(model_dir / name, export_to / name)
+    (export_to / "README.md").write_text(card, encoding="utf-8")
+    size_mb = sum(p.stat().st_size for p in export_to.iterdir()) / 1e6
+    if size_mb > MAX_BASE_MB:
+        raise ValueError(f"{export_to} is {size_mb:.1f} MB, over the {MAX_BASE_MB} MB the repository ships")
+    return size_mb
+
+
+def _accuracy_rows(scores: dict[str, Any]) -> str:
+    per_field = scores.get("per_field", {})
+    return "\n".join(
+        f"| {name} | {values['accuracy']:.3f} | {values['support']} |" for name, values in per_field.items()
+    )
+
+
+def model_card(config: PretrainConfig, summary: dict[str, Any]) -> str:
+    """The base checkpoint's README: how it was made and what it measured."""
+    held_out, seen = summary["holdout_scores"], summary["validation_scores"]
+    return f"""# Invoice Donut base reader
+
+A tiny Donut (transformers' `VisionEncoderDecoderModel`: DonutSwin encoder, MBart decoder;
+{summary["parameters"] / 1e6:.1f} M parameters, input {summary["image_size"][0]}x{summary["image_size"][1]},
+patch {summary["patch_size"]}) trained from scratch on synthetic invoices by `make pretrain`. Every fine-tune
+(`invoice model train`, the `invoice_training` DAG) starts from this folder unless told otherwise (`train.base`).
+
+## How it was made
+- Command: `{summary["command"]}`
+- Commit: `{summary["git_commit"]}`; MLflow run `{summary["run_id"]}` (experiment of `make up`'s server)
+- Data: {config.pages} synthetic pages, seed {config.seed}, layout families {", ".join(config.layouts)};
+  held out: {", ".join(config.holdout_layouts)} ({config.holdout_pages} pages, seed {config.seed + 1})
+- Curriculum: {config.crop_steps} steps reading bands of text lines ({config.crop_batch_size} bands of
+  {summary["crop_height"]} px per step), then field extraction on whole pages ({config.batch_size} per step)
+  with every {config.crop_every}th step a band-reading step; {summary["steps"]} steps in all,
+  AdamW {config.learning_rate}, cosine schedule, bf16 autocast
+- Hardware: {summary["hardware"]}; {summary["minutes"]:.0f} minutes of training
+
+## Measured accuracy (exact match per field, greedy decoding)
+Held-out layout family ({", ".join(config.holdout_layouts)}, never seen in training):
+
+| field | exact match | documents |
+|---|---|---|
+{_accuracy_rows(held_out)}
+
+Validation pages of the training families:
+
+| field | exact match | documents |
+|---|---|---|
+{_accuracy_rows(seen)}
+
+## Use
+`invoice model train --base training/base` (the default), or `training.model.load_pretrained("training/base")`.
+Files: safetensors weights, the SentencePiece tokenizer with the invoice field tags, the image processor.
+"""
+
+
+def pretrain(config: PretrainConfig, command: str, progress: bool = True) -> dict[str, Any]:
+    """Data, tokenizer and curriculum, tracked in MLflow like any run; then the held-out evaluation, the
+    scores logged to the same run, and the export with its model card. Resumes an interrupted run."""
+    import mlflow
+    from training import hardware
+    from training.model import describe, load_pretrained
+    from training.tracking import flat_scores, train_and_log
+    from training.versioning import git_commit
+
+    _, holdout = generate_pages(config)
+    train_config = config.train_config()
+    started = time.perf_counter()
+    result = train_and_log(train_config, register=False, progress=progress)
+    minutes = (time.perf_counter() - started) / 60
+    model_dir = Path(result["model_dir"])
+    holdout_scores = field_scores(model_dir, holdout)
+    with mlflow.start_run(run_id=result["run_id"]):
+        mlflow.log_metrics(flat_scores(holdout_scores, prefix="holdout_"))
+        mlflow.log_params({f"pretrain_{k}": v for k, v in asdict(config).items() if k != "output"})
+    model, _ = load_pretrained(model_dir)
+    model_config = train_config.model_config()
+    summary = {
+        "command": command,
+        "git_commit": git_commit(),
+        "run_id": result["run_id"],
+        "steps": result["steps"],
+        "minutes": minutes,
+        "parameters": describe(model)["parameters"],
+        "image_size": model_config.image_size,
+        "patch_size": model_config.patch_size,
+        "crop_height": train_config.crop_height,
+        "hardware": ", ".join(f"{k} {v}" for k, v in hardware.describe().items()),
+        "holdout_scores": holdout_scores,
+        "validation_scores": result["scores"],
+    }
+    size_mb = export_base(model_dir, Path(config.export_to), model_card(config, summary))
+    (Path(config.export_to) / "scores.json").write_text(
+        json.dumps({"holdout": holdout_scores, "validation": result["scores"]}, indent=2)
+    )
+    return {**summary, "export_to": config.export_to, "size_mb": round(size_mb, 1)}
