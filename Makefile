@@ -8,6 +8,7 @@ VENVS := .venvs
 ML := $(VENVS)/ml
 AIRFLOW := $(VENVS)/airflow
 TOOLS := $(VENVS)/tools
+LABEL_STUDIO := $(VENVS)/label-studio
 UV := $(TOOLS)/bin/uv
 # Where pip finds local wheels (this machine's CPU torch); uv does not read pip's config, so pass it on.
 FIND_LINKS ?= $(shell pip config list 2>/dev/null | sed -n "s/^global.find-links='\(.*\)'/\1/p")
@@ -50,11 +51,20 @@ export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS := admin:admin
 # generated once into this file, so restarts keep it.
 AIRFLOW_JWT_SECRET_FILE := $(AIRFLOW_HOME)/jwt_secret
 AIRFLOW_URL = http://127.0.0.1:$(AIRFLOW_PORT)
+# Label Studio (`make up`): the reviewers' project on LABEL_STUDIO_PORT, its SQLite store and media in
+# var/label-studio/, an admin user and API token generated once into var/label-studio/. It serves the review
+# tasks' page images from the processing root (params.yaml processing.root).
+LABEL_STUDIO_PORT ?= 8081
+LABEL_STUDIO_HOME := $(CURDIR)/var/label-studio
+LABEL_STUDIO_URL = http://127.0.0.1:$(LABEL_STUDIO_PORT)
+LABEL_STUDIO_USER ?= admin@invoices.local
+PROCESSING_ROOT ?= $(CURDIR)/var/processing
 # Prefix of every Airflow command in a recipe: its own environment first on PATH (its components start
 # subcommands from there), the JWT secret, and, for the DAGs' tasks, the services of `make up`. The tracking
 # URI is not exported globally: the `invoice` CLI falls back to the SQLite store when no server answers.
 AIRFLOW_RUN = PATH=$(abspath $(AIRFLOW)/bin):$$PATH AIRFLOW__API_AUTH__JWT_SECRET="$$(cat $(AIRFLOW_JWT_SECRET_FILE))" \
-  MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT) INVOICE_SERVICE_URL=http://127.0.0.1:$(BENTO_PORT)
+  MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT) INVOICE_SERVICE_URL=http://127.0.0.1:$(BENTO_PORT) \
+  LABEL_STUDIO_URL=$(LABEL_STUDIO_URL)
 
 export PATH := $(abspath $(ML)/bin):$(PATH)
 export INVOICE_PROJECT_ROOT := $(CURDIR)
@@ -75,6 +85,11 @@ $(ML)/.installed: training/locks/ml.txt pyproject.toml | $(UV)
 	VIRTUAL_ENV=$(ML) $(UV) pip install --quiet --no-deps --compile-bytecode -e .
 	touch $@
 
+$(LABEL_STUDIO)/.installed: training/locks/label-studio.txt | $(UV)
+	[ -x $(LABEL_STUDIO)/bin/python ] || $(UV) venv --quiet --python $(PYTHON) $(LABEL_STUDIO)
+	VIRTUAL_ENV=$(LABEL_STUDIO) $(UV_INSTALL) training/locks/label-studio.txt
+	touch $@
+
 $(AIRFLOW)/.installed: training/locks/airflow.txt pyproject.toml | $(UV)
 	[ -x $(AIRFLOW)/bin/python ] || $(UV) venv --quiet --python $(PYTHON) $(AIRFLOW)
 	VIRTUAL_ENV=$(AIRFLOW) $(UV_INSTALL) training/locks/airflow.txt
@@ -85,12 +100,13 @@ $(AIRFLOW)/.installed: training/locks/airflow.txt pyproject.toml | $(UV)
 	mkdir -p $(if $(findstring ://,$(DVC_REMOTE_URL)),,$(DVC_REMOTE_URL))
 	$(ML)/bin/dvc remote add --local --force --default storage $(DVC_REMOTE_URL)
 
-setup: $(ML)/.installed $(AIRFLOW)/.installed .dvc/config.local ## Create the ML and Airflow environments and the DVC remote (idempotent)
-	@echo "environments ready: $(ML) (ML stack) and $(AIRFLOW) (Airflow, no torch); DVC remote: $$($(ML)/bin/dvc remote list --local)"
+setup: $(ML)/.installed $(AIRFLOW)/.installed $(LABEL_STUDIO)/.installed .dvc/config.local ## Create the ML, Airflow and Label Studio environments and the DVC remote (idempotent)
+	@echo "environments ready: $(ML) (ML stack), $(AIRFLOW) (Airflow, no torch), $(LABEL_STUDIO); DVC remote: $$($(ML)/bin/dvc remote list --local)"
 
 lock: | $(UV) ## Re-resolve the pinned dependencies into training/locks/
 	$(UV) pip compile --quiet pyproject.toml --extra ml --extra dev --python-version 3.11 $(if $(FIND_LINKS),--find-links $(FIND_LINKS)) -o training/locks/ml.txt
 	$(UV) pip compile --quiet pyproject.toml --extra airflow --extra dev --python-version 3.11 -o training/locks/airflow.txt
+	$(UV) pip compile --quiet training/locks/label-studio.in --python-version 3.11 -o training/locks/label-studio.txt
 
 data: setup ## Generate the synthetic invoices (N=... overrides params.yaml), merge them into data/ and version it with DVC
 	$(if $(N),invoice data generate --out var/synthetic --n $(N),dvc repro generate)
@@ -121,6 +137,11 @@ $(AIRFLOW_JWT_SECRET_FILE): | $(AIRFLOW)/.installed
 	mkdir -p $(@D)
 	(umask 077; $(AIRFLOW)/bin/python -c 'import secrets; print(secrets.token_urlsafe(64))' > $@)
 
+# Label Studio's admin password and API token (a legacy token: 40 hex digits), generated once.
+$(LABEL_STUDIO_HOME)/token $(LABEL_STUDIO_HOME)/password:
+	mkdir -p $(@D)
+	(umask 077; $(PYTHON) -c 'import secrets; print(secrets.token_hex(20))' > $@)
+
 # Each service runs in its own session (setsid: pid = process group) so that `make down` can stop its children.
 # MLflow's job runner (GenAI scorers; 8 huey processes, ~1.9 GB) is off: the platform does not use it.
 # Airflow: no triggerer (no DAG defers) and no scheduler log server (port 8793 on all interfaces, ~140 MB):
@@ -131,7 +152,7 @@ AIRFLOW_HEALTHY = curl -sf $(AIRFLOW_URL)/api/v2/monitor/health | $(AIRFLOW)/bin
 AIRFLOW_PASSWORD = $$($(AIRFLOW)/bin/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["admin"])' \
   $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated 2>/dev/null || echo "?")
 
-up: setup $(AIRFLOW_JWT_SECRET_FILE) ## Start MLflow, the BentoML service and Airflow (MLFLOW_PORT, BENTO_PORT, AIRFLOW_PORT), health-checked; logs in var/log/
+up: setup $(AIRFLOW_JWT_SECRET_FILE) $(LABEL_STUDIO_HOME)/token $(LABEL_STUDIO_HOME)/password ## Start MLflow, the BentoML service, Label Studio and Airflow (MLFLOW_PORT, BENTO_PORT, LABEL_STUDIO_PORT, AIRFLOW_PORT), health-checked; logs in var/log/
 	mkdir -p var/log var/run var/mlflow/artifacts
 	if [ -f var/run/mlflow.pid ] && kill -0 $$(cat var/run/mlflow.pid) 2>/dev/null; then echo "MLflow already running"; else \
 	  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid nohup $(ML)/bin/mlflow server --backend-store-uri $(MLFLOW_BACKEND_STORE_URI) --default-artifact-root $(MLFLOW_ARTIFACT_ROOT) \
@@ -146,6 +167,15 @@ up: setup $(AIRFLOW_JWT_SECRET_FILE) ## Start MLflow, the BentoML service and Ai
 	curl -sf http://127.0.0.1:$(BENTO_PORT)/healthz >/dev/null || (tail -20 var/log/bentoml.log; exit 1)
 	@echo "BentoML: http://127.0.0.1:$(BENTO_PORT)  (POST /extract, API at /docs.json; $$(curl -s -o /dev/null -w '%{http_code}' \
 	  http://127.0.0.1:$(BENTO_PORT)/readyz | sed 's/200/ready: champion loaded/; s/503/not ready yet: loading the champion, or none promoted (make gate)/'))"
+	if [ -f var/run/label-studio.pid ] && kill -0 $$(cat var/run/label-studio.pid) 2>/dev/null; then echo "Label Studio already running"; else \
+	  mkdir -p $(PROCESSING_ROOT); LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=$(PROCESSING_ROOT) \
+	  setsid nohup $(LABEL_STUDIO)/bin/label-studio start --no-browser --internal-host 127.0.0.1 --port $(LABEL_STUDIO_PORT) \
+	    --data-dir $(LABEL_STUDIO_HOME)/data --username $(LABEL_STUDIO_USER) --password "$$(cat $(LABEL_STUDIO_HOME)/password)" \
+	    --user-token "$$(cat $(LABEL_STUDIO_HOME)/token)" --enable-legacy-api-token > var/log/label-studio.log 2>&1 < /dev/null & \
+	  echo $$! > var/run/label-studio.pid; fi
+	for i in $$(seq 180); do curl -sf $(LABEL_STUDIO_URL)/health >/dev/null && break; sleep 1; done
+	curl -sf $(LABEL_STUDIO_URL)/health >/dev/null || (tail -20 var/log/label-studio.log; exit 1)
+	LABEL_STUDIO_URL=$(LABEL_STUDIO_URL) invoice review setup
 	start=; for c in $(AIRFLOW_COMPONENTS); do \
 	  if [ -f var/run/airflow-$$c.pid ] && kill -0 $$(cat var/run/airflow-$$c.pid) 2>/dev/null; then echo "Airflow $$c already running"; \
 	  else start="$$start $$c"; fi; done; \
@@ -161,6 +191,7 @@ up: setup $(AIRFLOW_JWT_SECRET_FILE) ## Start MLflow, the BentoML service and Ai
 	echo "  MLflow UI   http://127.0.0.1:$(MLFLOW_PORT)"; \
 	echo "  Airflow UI  $(AIRFLOW_URL)  (login admin / $(AIRFLOW_PASSWORD))"; \
 	echo "  BentoML     http://127.0.0.1:$(BENTO_PORT)  (Swagger UI; POST /extract, OpenAPI at /docs.json)"; \
+	echo "  Label Studio $(LABEL_STUDIO_URL)  (login $(LABEL_STUDIO_USER) / $$(cat $(LABEL_STUDIO_HOME)/password); project \"Invoice review\")"; \
 	echo "  logs in var/log/, stop with: make down"
 
 # Stops each pid file's process, its process group and every descendant (LocalExecutor workers; task processes

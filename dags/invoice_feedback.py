@@ -1,13 +1,14 @@
-"""invoice_feedback: reviewers' Label Studio exports -> the labeled dataset and the results database -> a new
-data version that triggers `invoice_training`.
+"""invoice_feedback: reviewers' corrections -> the labeled dataset and the results database -> a new data
+version that triggers `invoice_training`.
 
-Reviewers export their corrections (Label Studio JSON) into `feedback/inbox/` under the processing root. Each
-run merges them into the dataset's train split (document id = the invoice's sha256, so a correction replaces
-the earlier label) and makes the corrected record the document's result (`stored`, with its reviewer, and in
-this run's accounting export); malformed tasks are listed with their reason under `feedback/rejected/`,
-processed exports filed under `feedback/done/`. The dataset is then validated (Great Expectations) and versioned (`dvc add` + `dvc push`);
-only a changed version emits the `labeled_invoices` Asset. An empty inbox skips the whole run. The logic lives
-in training/feedback.py.
+Each run first pulls the reviewers' new or changed annotations from the Label Studio project into
+`feedback/inbox/` under the processing root (Label Studio JSON exports can also be dropped there by hand). It
+merges them into the dataset's train split (document id = the invoice's sha256, so a correction replaces the
+earlier label) and makes the corrected record the document's result (`stored`, with its reviewer and when, and
+in this run's accounting export); malformed tasks are listed with their reason under `feedback/rejected/`,
+processed exports filed under `feedback/done/`. The dataset is then validated (Great Expectations) and
+versioned (`dvc add` + `dvc push`); only a changed version emits the `labeled_invoices` Asset. An empty inbox
+skips the rest of the run. The logic lives in training/feedback.py and training/review.py.
 """
 
 from __future__ import annotations
@@ -30,6 +31,16 @@ from training.orchestration import LABELED_INVOICES, dag_settings, default_args,
     doc_md=__doc__,
 )
 def invoice_feedback():
+    @task
+    def pull_corrections() -> str | None:
+        """New or changed annotations from Label Studio into the inbox (skipped when none is configured)."""
+        from training import review
+        from training.processing import ProcessingConfig
+
+        client = review.client()
+        export = None if client is None else review.pull(client, ProcessingConfig.from_params())
+        return None if export is None else str(export)
+
     @task.short_circuit
     def collect_corrections() -> list[str]:
         """The exports waiting in feedback/inbox/; an empty inbox skips the rest of the run."""
@@ -77,7 +88,9 @@ def invoice_feedback():
             raise AirflowSkipException(f"data version {version['md5']} unchanged: nothing to announce")
         return version["md5"]
 
-    applied = apply_corrections(collect_corrections())
+    exports = collect_corrections()
+    pull_corrections() >> exports
+    applied = apply_corrections(exports)
     export_corrections(applied)
     version = version_data()
     applied >> validate_data() >> version

@@ -1,7 +1,8 @@
 """invoice_processing: new files in the inbox -> page images -> the BentoML service -> validated records.
 
 Every ingested file ends in exactly one state of the results database: `stored` (exported for accounting),
-`review` (a Label Studio task under review/) or `quarantine` (with its reason). Documents are fingerprinted
+`review` (a Label Studio task under review/, pushed to the reviewers' Label Studio project, least confident
+first) or `quarantine` (with its reason). Documents are fingerprinted
 (sha256), so a file delivered twice is read once. The logic lives in training/processing.py.
 """
 
@@ -64,6 +65,15 @@ def invoice_processing():
         return route(*processing_context(), shas, _run_id())
 
     @task(trigger_rule="all_done")
+    def push_reviews() -> dict[str, int]:
+        """The review queue to Label Studio as pre-filled tasks, least confident first; each document once."""
+        from training import review
+        from training.processing import ProcessingConfig
+
+        client = review.client()
+        return {"pushed": 0} if client is None else review.push(client, ProcessingConfig.from_params())
+
+    @task(trigger_rule="all_done")
     def export() -> dict[str, str]:
         """The run's stored invoices as CSV and JSON for accounting."""
         from training.processing import export
@@ -80,6 +90,7 @@ def invoice_processing():
 
     documents = ingest()
     routed = route.expand(shas=extract.expand(shas=render.expand(shas=plan(documents))))
+    routed >> push_reviews()
     routed >> export() >> report(documents)
 
 

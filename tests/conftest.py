@@ -1,4 +1,5 @@
-"""Shared fixtures: small generated datasets, the real third-party sample, and the CLI on PATH."""
+"""Shared fixtures: small generated datasets, the real third-party sample, real MLflow and Label Studio
+servers, and the CLI on PATH."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from services import free_port
+from services import free_port, start_label_studio, stop
 
 from training.data import SPLITS, read_split, write_split
 from training.model import PRESETS, ModelConfig
@@ -130,6 +132,16 @@ def mlflow_server(tmp_path_factory):
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     process.terminate()
     process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory) -> Iterator[tuple[str, str, Path]]:
+    """A real Label Studio, started once: (url, API token, the folder it serves local files from: the
+    session's temporary folder). Each test keeps to its own project (params.yaml review.project_title)."""
+    document_root = tmp_path_factory.getbasetemp()
+    process, url, token = start_label_studio(tmp_path_factory.mktemp("label-studio"), document_root)
+    yield url, token, document_root
+    stop(process)
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,11 @@ app = typer.Typer(
 data_app = typer.Typer(help="Labeled data: generate, import, validate, version.", no_args_is_help=True)
 model_app = typer.Typer(help="Model: train, evaluate, gate, rollback.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+review_app = typer.Typer(
+    help="Reviewers in Label Studio: project, review queue, corrections, summary.", no_args_is_help=True
+)
 app.add_typer(model_app, name="model")
+app.add_typer(review_app, name="review")
 console = Console(stderr=True)
 
 
@@ -412,6 +416,90 @@ def rollback_cmd(
         + (f"; version {result['demoted']['version']} demoted" if result["demoted"] else "")
     )
     _print_json(result)
+
+
+def _review_client():
+    from training import review
+
+    client = review.client()
+    if client is None:
+        console.print("[red]no Label Studio: start it with `make up` or set LABEL_STUDIO_URL[/red]")
+        raise typer.Exit(1)
+    return client
+
+
+@review_app.command("setup")
+def review_setup() -> None:
+    """Create the review project (labeling interface, page storage, least-confident-first view) if missing."""
+    from training.processing import ProcessingConfig
+
+    client = _review_client()
+    project = client.project(ProcessingConfig.from_params().root)
+    console.print(
+        f"Label Studio project {client.config.project_title!r}: {client.config.url}/projects/{project}"
+    )
+    _print_json({"project": project})
+
+
+@review_app.command("push")
+def review_push() -> None:
+    """Push the review queue (review/*.json under the processing root) as tasks, least confident first."""
+    from training import review
+    from training.processing import ProcessingConfig
+
+    _print_json(review.push(_review_client(), ProcessingConfig.from_params()))
+
+
+@review_app.command("pull")
+def review_pull() -> None:
+    """Pull new or changed annotations into the feedback inbox (then `invoice_feedback` takes them)."""
+    from training import review
+    from training.processing import ProcessingConfig
+
+    export = review.pull(_review_client(), ProcessingConfig.from_params())
+    _print_json({"export": str(export) if export else None})
+
+
+@review_app.command("bootstrap")
+def review_bootstrap(
+    folder: Annotated[Path, typer.Argument(help="A new customer's unlabeled invoices (PDF or images).")],
+) -> None:
+    """Read a folder of unlabeled invoices with the champion (the BentoML service) and queue every one for
+    review, pre-filled, so reviewers label by correcting."""
+    from training import results, review
+    from training.processing import ProcessingConfig
+
+    run_id = "bootstrap__" + time.strftime("%Y%m%dT%H%M%S")
+    counts = review.bootstrap(
+        _review_client(), ProcessingConfig.from_params(), results.connect(), folder, run_id
+    )
+    console.print(f"{counts['pushed']} of {counts['files']} invoices queued for review ({run_id})")
+    _print_json(counts)
+
+
+@review_app.command("summary")
+def review_summary(
+    all_versions: Annotated[
+        bool, typer.Option("--all", help="Count every reviewed task, not only the current champion's.")
+    ] = False,
+) -> None:
+    """Queue length, corrections per field and how often the model was right per field since the champion."""
+    from training import review
+    from training.processing import ProcessingConfig
+
+    client = _review_client()
+    champion = None if all_versions else _champion_version()
+    report = review.summary(client.tasks(client.project(ProcessingConfig.from_params().root)), champion)
+    console.print(review.summary_table(report))
+    _print_json(report)
+
+
+def _champion_version() -> str | None:
+    """The champion's registry version, None when none has been promoted."""
+    from training import registry
+
+    ref = registry.by_alias("champion")
+    return None if ref is None else ref.version
 
 
 if __name__ == "__main__":

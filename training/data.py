@@ -242,7 +242,12 @@ def import_labels_folder(source: Path, dataset_dir: Path, split: str = "test") -
 
 
 def _task_image(task: dict[str, Any], images_root: Path) -> Path:
-    """Resolve a Label Studio task's image: a local-files URL, an upload path, file:// or a plain path."""
+    """Resolve a Label Studio task's image: the first of the platform's `data.pages` (relative to the
+    processing root, wherever Label Studio serves them from), else a local-files URL, an upload path, file://
+    or a plain path."""
+    pages = (task.get("data") or {}).get("pages")
+    if isinstance(pages, list) and pages and isinstance(pages[0], str):
+        return images_root / pages[0]
     value = (task.get("data") or {}).get("image")
     if not isinstance(value, str) or not value:
         raise DatasetError("task has no data.image")

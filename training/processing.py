@@ -321,14 +321,22 @@ def review_task(config: ProcessingConfig, row: dict[str, Any]) -> dict[str, Any]
     }
 
 
-def route(config: ProcessingConfig, engine: sa.Engine, shas: list[str], run_id: str) -> dict[str, int]:
+def route(
+    config: ProcessingConfig,
+    engine: sa.Engine,
+    shas: list[str],
+    run_id: str,
+    always_review: str | None = None,
+) -> dict[str, int]:
     """Validate the readings (the GX format suite over the batch plus business rules per document) and
-    move each to `stored` or, with its reasons and a Label Studio task under review/, to `review`."""
+    move each to `stored` or, with its reasons and a Label Studio task under review/, to `review`.
+    `always_review` (a reason) sends every document to review, e.g. a new customer's first invoices."""
     from training.validate import validate_predictions
 
     rows = [row for row in results.fetch(engine, shas) if row["status"] == "extracted"]
     problems: dict[int, list[str]] = {
         i: business_rules(row["fields"], row["confidence"] or {}, config.min_confidence)
+        + ([always_review] if always_review else [])
         for i, row in enumerate(rows)
     }
     for rule, outcome in validate_predictions([row["fields"] for row in rows], mostly=1.0).items():

@@ -250,7 +250,7 @@ def test_feedback_dag_merges_corrections_versions_the_data_and_announces_it_once
     state, log = dags_test(env, "invoice_feedback")
     tasks = task_states(env, "invoice_feedback")
     assert state == "success" and set(tasks.values()) == {"success"}, (tasks, log[-6000:])
-    assert len(tasks) == 6
+    assert len(tasks) == 7  # pull_corrections included: no Label Studio configured here, nothing pulled
 
     # The dataset holds the corrected invoice under its sha256, in train, with the reviewer's values.
     records = {r.doc_id: r for r in read_split(root / "data" / "train")}
@@ -315,7 +315,8 @@ def test_feedback_dag_merges_corrections_versions_the_data_and_announces_it_once
     state, log = dags_test(env, "invoice_feedback")
     tasks = task_states(env, "invoice_feedback")
     assert state == "success", log[-6000:]
-    assert tasks.pop("collect_corrections") == "success" and set(tasks.values()) == {"skipped"}, tasks
+    assert tasks.pop("pull_corrections") == tasks.pop("collect_corrections") == "success", tasks
+    assert set(tasks.values()) == {"skipped"}, tasks
     assert asset_events(env, "labeled_invoices") == events + 1
     assert state_of_everything() == before
 
