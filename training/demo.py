@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from training import registry, results
+from training import registry, results, review
 from training.config import PROJECT_ROOT
 from training.processing import ProcessingConfig
 
@@ -168,13 +168,22 @@ def show_summary(since: dt.datetime, best: dict[str, Any] | None, airflow_url: s
             f"validation exact match {accuracy}, F1 {metrics.get('final_f1', float('nan')):.3f}; "
             f"gate: {best['tags'].get('gate.decision')} ({best['tags'].get('gate.reasons')})"
         )
+    reviewers = review.client()
+    if reviewers:
+        project = reviewers.project(config.root)
+        console.print(review.summary_table(review.summary(reviewers.tasks(project))))
     console.print(
         "\nwhere to look:\n"
         f"  MLflow UI    {os.environ['MLFLOW_TRACKING_URI']}  (runs of experiment 'invoice-extraction', model '{registry.MODEL_NAME}')\n"
         f"  Airflow UI   {airflow_url}  (DAGs invoice_training, invoice_processing, invoice_feedback)\n"
         f"  BentoML      {config.service_url}  (Swagger UI; POST /extract)\n"
         f"  exports      {config.root / 'exports'}  (CSV and JSON per processing run)\n"
-        f"  review queue {config.root / 'review'}  (Label Studio tasks)  quarantine {config.root / 'quarantine'}\n"
+        + (
+            f"  Label Studio {reviewers.config.url}/projects/{project}  (the review queue, least confident first)\n"
+            if reviewers
+            else ""
+        )
+        + f"  review queue {config.root / 'review'}  (Label Studio tasks)  quarantine {config.root / 'quarantine'}\n"
         f"  results DB   {results.results_url()}"
     )
 

@@ -1,7 +1,8 @@
 """The training and processing DAGs end to end, as Airflow runs them (`airflow dags test`), against a real
 MLflow server and a real `bentoml serve`: a tiny model memorises four invoices through `invoice_training`,
 becomes the champion the service loads, and `invoice_processing` sorts an inbox of good, duplicate and broken
-files into stored / review / quarantine, exactly once each, also when the service is down for a run."""
+files into stored / review / quarantine, exactly once each (pushing the review queue to a real Label Studio),
+also when the service is down for a run; a new customer's folder is bootstrapped into Label Studio pre-filled."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from airflow_runs import airflow_env, asset_events, dags_test, make_project, tas
 from PIL import Image
 from services import free_port, start_bentoml, stop, wait_ready
 
-from training import results
+from training import results, review
 from training.data import Record, read_split, write_split
+from training.processing import ProcessingConfig
+from training.review import LabelStudio, ReviewConfig
 
 pytestmark = pytest.mark.slow
 
@@ -39,6 +42,7 @@ TRAIN = dict(
 )
 PROCESS = dict(docs_per_task=3, concurrency=4, http_retries=1, backoff_s=0.2, timeout_s=120)
 DAGS = dict(retries=1, retry_delay_s=1)
+REVIEW_PROJECT = "lifecycle review"
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +68,7 @@ def project(tmp_path_factory, handful) -> Path:
     return make_project(
         tmp_path_factory.mktemp("lifecycle") / "project",
         dataset,
-        {"train": TRAIN, "process": PROCESS, "dags": DAGS},
+        {"train": TRAIN, "process": PROCESS, "dags": DAGS, "review": {"project_title": REVIEW_PROJECT}},
     )
 
 
@@ -81,8 +85,31 @@ def service(mlflow_server, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def env(airflow_home, project, mlflow_server, service):
-    return airflow_env(airflow_home, project, MLFLOW_TRACKING_URI=mlflow_server, INVOICE_SERVICE_URL=service)
+def env(airflow_home, project, mlflow_server, service, label_studio):
+    url, token, document_root = label_studio
+    return airflow_env(
+        airflow_home,
+        project,
+        MLFLOW_TRACKING_URI=mlflow_server,
+        INVOICE_SERVICE_URL=service,
+        LABEL_STUDIO_URL=url,
+        LABEL_STUDIO_API_KEY=token,
+        LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(document_root),
+    )
+
+
+@pytest.fixture(scope="module")
+def reviewers(label_studio, project) -> tuple[LabelStudio, int]:
+    """The lifecycle project's review project in Label Studio: (client, project id)."""
+    url, token, document_root = label_studio
+    client = LabelStudio(ReviewConfig(url, token, REVIEW_PROJECT, document_root))
+    return client, client.project(project / "var" / "processing")
+
+
+def queued(reviewers: tuple[LabelStudio, int]) -> list[str]:
+    """The documents (sha256) among the review project's tasks, one entry per task."""
+    client, project_id = reviewers
+    return sorted(task["data"]["doc_id"] for task in client.tasks(project_id))
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +179,7 @@ def deliver(delivery: Path, inbox: Path) -> None:
         shutil.copy(path, inbox / path.name)
 
 
-def test_processing_dag_sorts_every_file_exactly_once(trained, env, project, handful):
+def test_processing_dag_sorts_every_file_exactly_once(trained, env, project, handful, reviewers):
     assert trained[0] == "success", "needs the champion of the training DAG"
     root = project / "var" / "processing"
     delivery = project.parent / "delivery"
@@ -198,6 +225,8 @@ def test_processing_dag_sorts_every_file_exactly_once(trained, env, project, han
     assert len(json.loads((export / "invoices.json").read_text())) == len(stored)
     tasks = {p.stem for p in (root / "review").glob("*.json")}
     assert tasks == {row["sha256"] for row in review}
+    assert task_states(env, "invoice_processing")["push_reviews"] == "success"
+    assert queued(reviewers) == sorted(tasks)  # the review queue is in Label Studio, once
 
     # The same files delivered again: nothing new is stored, each delivery is counted.
     deliver(delivery, root / "inbox")
@@ -206,6 +235,7 @@ def test_processing_dag_sorts_every_file_exactly_once(trained, env, project, han
     again = {row["file_name"]: row for row in results.fetch(engine)}
     assert {k: v["status"] for k, v in again.items()} == {k: v["status"] for k, v in rows.items()}
     assert sum(row["duplicates"] for row in again.values()) == 1 + 8
+    assert queued(reviewers) == sorted(tasks)
 
 
 def test_service_down_leaves_documents_retryable_and_the_next_run_finishes_them(
@@ -237,3 +267,41 @@ def test_service_down_leaves_documents_retryable_and_the_next_run_finishes_them(
     assert state == "success", log[-6000:]
     rows = {row["file_name"]: row for row in results.fetch(engine) if row["file_name"] in fresh}
     assert {row["status"] for row in rows.values()} <= {"stored", "review"} and len(rows) == 2
+
+
+def test_a_new_customers_folder_is_queued_for_review_pre_filled_by_the_champion(
+    trained, project, handful, service, reviewers
+):
+    assert trained[0] == "success"
+    folder = project.parent / "new-customer"
+    folder.mkdir()
+    records = read_split(handful / "test")[:2]
+    for index, record in enumerate(records):  # new bytes of pages the champion knows
+        Image.open(handful / "test" / record.file_name).convert("RGB").save(
+            folder / f"first-{index}.jpg", quality=90
+        )
+    config = ProcessingConfig(
+        root=project / "var" / "processing",
+        inbox=project / "inbox",
+        service_url=service,
+        api_key="",
+        **PROCESS,
+    )
+    client, project_id = reviewers
+    before = set(queued(reviewers))
+
+    counts = review.bootstrap(client, config, results_db(project), folder, "bootstrap__test")
+    assert (counts["files"], counts["review"], counts["stored"], counts["pushed"]) == (2, 2, 0, 2), counts
+    new = [t for t in client.tasks(project_id) if t["data"]["doc_id"] not in before]
+    assert len(new) == 2
+    for task in new:  # pre-filled with the champion's reading: reviewers correct instead of typing
+        record = records[int(task["data"]["file_name"].split("-")[1][0])]
+        (prediction,) = task["predictions"]
+        values = {r["from_name"]: r["value"]["text"][0] for r in prediction["result"]}
+        assert values["total"] == record.gt_parse["total"], values
+        assert prediction["model_version"].startswith("invoice-extractor/")
+        assert "bootstrap: label by correcting" in task["data"]["reasons"]
+    assert {p.name for p in folder.iterdir()} == {"first-0.jpg", "first-1.jpg"}  # the customer's files stay
+
+    again = review.bootstrap(client, config, results_db(project), folder, "bootstrap__again")
+    assert (again["review"], again["pushed"]) == (0, 0) and len(queued(reviewers)) == len(before) + 2
