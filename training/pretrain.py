@@ -183,7 +183,7 @@ patch {summary["patch_size"]}) trained from scratch on synthetic invoices by `ma
 - Curriculum: {config.crop_steps} steps reading bands of text lines ({config.crop_batch_size} bands of
   {summary["crop_height"]} px per step), then field extraction on whole pages ({config.batch_size} per step)
   with every {config.crop_every}th step a band-reading step; {summary["steps"]} steps in all,
-  AdamW {config.learning_rate}, cosine schedule, bf16 autocast
+  AdamW {config.learning_rate}, cosine schedule, {"bf16 autocast" if summary["bf16"] else "fp32 (no bf16 on this hardware)"}
 - Hardware: {summary["hardware"]}; {summary["minutes"]:.0f} minutes of training
 
 ## Measured accuracy (exact match per field, greedy decoding)
@@ -237,6 +237,7 @@ def pretrain(config: PretrainConfig, command: str, progress: bool = True) -> dic
         "patch_size": model_config.patch_size,
         "crop_height": train_config.crop_height,
         "hardware": ", ".join(f"{k} {v}" for k, v in hardware.describe().items()),
+        "bf16": hardware.bf16_supported(),
         "holdout_scores": holdout_scores,
         "validation_scores": result["scores"],
     }
