@@ -119,6 +119,8 @@ class LabelStudio:
         for project in self.call("GET", "/api/projects", params={"page_size": 1000})["results"]:
             if project["title"] == self.config.project_title:
                 return project["id"]
+        pages = local_root / "pages"
+        pages.mkdir(parents=True, exist_ok=True)  # Label Studio only accepts a storage folder that exists
         project = self.call(
             "POST",
             "/api/projects",
@@ -136,7 +138,7 @@ class LabelStudio:
             json={
                 "project": project["id"],
                 "title": "processing pages",
-                "path": str(local_root / "pages"),
+                "path": str(pages),
                 "use_blob_urls": False,
             },
         )
