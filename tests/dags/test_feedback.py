@@ -16,7 +16,7 @@ from airflow_runs import airflow_env, asset_events, dags_test, make_project, run
 from PIL import Image
 
 from training import results
-from training.data import read_split, write_split
+from training.data import Record, read_split, write_split
 from training.feedback import apply_corrections, collect, folder
 from training.processing import ProcessingConfig, review_task
 
@@ -90,6 +90,19 @@ def in_review(
     task = review_task(config, results.fetch(engine, [sha])[0])
     (config.folder("review") / f"{sha}.json").write_text(json.dumps(task))
     return task
+
+
+def dataset_less_one(generated: Path, dataset: Path) -> tuple[Path, Record, Image.Image]:
+    """A copy of the generated dataset without one train invoice: (the dataset, that invoice, its page), the
+    invoice a reviewer then labels."""
+    shutil.copytree(generated, dataset)
+    train = read_split(dataset / "train")
+    invoice = next(r for r in train if r.file_name.endswith(".png") and not r.meta.get("pdf"))
+    page = Image.open(dataset / "train" / invoice.file_name)
+    page.load()
+    (dataset / "train" / invoice.file_name).unlink()
+    write_split(dataset / "train", [r for r in train if r is not invoice])
+    return dataset, invoice, page
 
 
 def sha_of(text: str) -> str:
@@ -201,14 +214,7 @@ def test_files_that_are_not_exports_are_set_aside_and_names_never_collide(review
 def project(generated, tmp_path):
     """A git + DVC project whose `data/` (the generated dataset less one invoice) is versioned and pushed;
     the invoice left out has been processed and sent to review, with two other documents."""
-    dataset = tmp_path / "dataset"
-    shutil.copytree(generated, dataset)
-    train = read_split(dataset / "train")
-    invoice = next(r for r in train if r.file_name.endswith(".png") and not r.meta.get("pdf"))
-    page = Image.open(dataset / "train" / invoice.file_name)
-    page.load()
-    (dataset / "train" / invoice.file_name).unlink()
-    write_split(dataset / "train", [r for r in train if r is not invoice])
+    dataset, invoice, page = dataset_less_one(generated, tmp_path / "dataset")
     root = make_project(tmp_path / "project", dataset, {"dags": {"retries": 0}})
 
     config = ProcessingConfig(

@@ -6,17 +6,16 @@ reason while the rest goes through."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 from airflow_runs import airflow_env, dags_test, make_project, run, task_states
 from PIL import Image
-from test_feedback import TRUTH, sha_of
+from test_feedback import TRUTH, dataset_less_one, sha_of
 
 from training import results, review
-from training.data import read_split, write_split
+from training.data import read_split
 from training.processing import ProcessingConfig, review_task
 from training.review import LabelStudio, ReviewConfig
 
@@ -117,14 +116,7 @@ def annotate(client: LabelStudio, task: dict, changes: dict[str, str | None]) ->
 def test_corrections_made_in_label_studio_reach_the_results_and_the_next_data_version(
     label_studio, generated, tmp_path, airflow_home
 ):
-    dataset = tmp_path / "dataset"
-    shutil.copytree(generated, dataset)
-    train = read_split(dataset / "train")
-    invoice = next(r for r in train if r.file_name.endswith(".png") and not r.meta.get("pdf"))
-    page = Image.open(dataset / "train" / invoice.file_name)
-    page.load()
-    (dataset / "train" / invoice.file_name).unlink()
-    write_split(dataset / "train", [r for r in train if r is not invoice])
+    dataset, invoice, page = dataset_less_one(generated, tmp_path / "dataset")
     title = "feedback test"
     root = make_project(
         tmp_path / "project", dataset, {"dags": {"retries": 0}, "review": {"project_title": title}}
