@@ -53,8 +53,8 @@ def _flags(**options) -> str:
         "base": Param(
             None,
             type=["null", "string"],
-            description="pretrained Donut to fine-tune (path or hub id); empty: params.yaml train.base, the "
-            "shipped base reader; `none`: the preset from scratch",
+            description="pretrained Donut to fine-tune (path or hub id, e.g. training/base); empty: params.yaml train.base; "
+            "`none`: the preset from scratch",
         ),
         "epochs": Param(None, type=["null", "integer"], description="passes over the training split"),
         "max_steps": Param(

@@ -186,7 +186,7 @@ def _verdict(held_out: dict[str, Any]) -> str:
     return (
         "**Below its targets on the held-out family: "
         + "; ".join(missed)
-        + ".** Fine-tuning starts from it, but it does not read these fields yet: more pretraining is needed."
+        + ".** It does not read these fields yet: more pretraining is needed before fine-tunes start from it."
     )
 
 
@@ -197,8 +197,8 @@ def model_card(config: PretrainConfig, summary: dict[str, Any]) -> str:
 
 A tiny Donut (transformers' `VisionEncoderDecoderModel`: DonutSwin encoder, MBart decoder;
 {summary["parameters"] / 1e6:.1f} M parameters, input {summary["image_size"][0]}x{summary["image_size"][1]},
-patch {summary["patch_size"]}) trained from scratch on synthetic invoices by `make pretrain`. Every fine-tune
-(`invoice model train`, the `invoice_training` DAG) starts from this folder unless told otherwise (`train.base`).
+patch {summary["patch_size"]}) trained from scratch on synthetic invoices by `make pretrain`. Fine-tunes
+(`invoice model train`, the `invoice_training` DAG) start from this folder with `--base training/base` or `train.base`.
 
 ## How it was made
 - Command: `{summary["command"]}`
