@@ -101,12 +101,12 @@ def test_reading_curriculum_targets_the_page_transcript(handful, train_config, t
     _, processor, examples, _ = prepare(config)
     pages = InvoicePages(examples, processor, max_length=384)
     tokenizer = processor.tokenizer
-    inputs, labels = pages.sequence(0, "reading")
+    inputs, labels = pages.sequence(*pages.target(0, "reading"))
     assert inputs[0].item() == tokenizer.convert_tokens_to_ids(TASK_TOKENS["reading"])
     assert labels[-1].item() == tokenizer.eos_token_id and torch_equal(inputs[1:], labels[:-1])
     transcript = load_examples(handful / "train")[0].meta["text"]
     assert tokenizer.decode(labels[:-1]).split()[:3] == transcript.split()[:3]
-    inputs, _ = pages.sequence(0, "invoice")
+    inputs, _ = pages.sequence(*pages.target(0, "invoice"))
     assert inputs[0].item() == tokenizer.convert_tokens_to_ids(TASK_TOKENS["invoice"])
 
     steps = []
