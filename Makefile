@@ -22,21 +22,53 @@ DATASET ?= data/test
 MODEL ?=
 CANDIDATE ?= challenger
 CURRENT ?=
+# Profile. `embedded` (the default): SQLite stores and local folders, Airflow's LocalExecutor, one BentoML worker.
+# `production` (PROFILE=production): the same code on shared services: PostgreSQL (POSTGRES_URL) holds Airflow's
+# metadata, MLflow's backend store and the results, one database each, created by `make up` if missing; MLflow
+# artifacts go through the server to MLFLOW_ARTIFACTS_DESTINATION (a folder here; s3://, gs://... elsewhere);
+# Airflow runs the CeleryExecutor with Redis (REDIS_URL) as broker and CELERY_WORKERS workers on this machine,
+# the first also on the `ml` queue (the tasks that need torch); BentoML runs INVOICE_WORKERS workers.
+PROFILE ?= embedded
+ifeq ($(PROFILE),production)
+POSTGRES_URL ?= postgresql+psycopg2://postgres@127.0.0.1:5432
+REDIS_URL ?= redis://127.0.0.1:6379/0
+CELERY_WORKERS ?= 2
+CELERY_CONCURRENCY ?= 2
+MLFLOW_BACKEND_STORE_URI ?= $(POSTGRES_URL)/invoice_mlflow
+MLFLOW_ARTIFACTS_DESTINATION ?= $(CURDIR)/var/mlflow/artifacts
+MLFLOW_ARTIFACTS = --artifacts-destination $(MLFLOW_ARTIFACTS_DESTINATION) --serve-artifacts
+PROFILE_DATABASES = $(POSTGRES_URL)/invoice_airflow $(MLFLOW_BACKEND_STORE_URI) $(INVOICE_RESULTS_URL)
+AIRFLOW_EXECUTOR := CeleryExecutor
+export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN ?= $(POSTGRES_URL)/invoice_airflow
+export AIRFLOW__CELERY__BROKER_URL ?= $(REDIS_URL)
+export AIRFLOW__CELERY__RESULT_BACKEND ?= db+$(AIRFLOW__DATABASE__SQL_ALCHEMY_CONN)
+export INVOICE_RESULTS_URL ?= $(POSTGRES_URL)/invoice_results
+export INVOICE_WORKERS ?= 2
+# Every command talks to the MLflow server: no run may land in a local fallback store.
+export MLFLOW_TRACKING_URI ?= http://127.0.0.1:$(MLFLOW_PORT)
+else ifeq ($(PROFILE),embedded)
+CELERY_WORKERS := 0
 # MLflow: one SQLite store and artifact folder shared by the server and by runs made while it is down.
-MLFLOW_PORT ?= 5000
 MLFLOW_BACKEND_STORE_URI ?= sqlite:///$(CURDIR)/var/mlflow/mlflow.db
+MLFLOW_ARTIFACTS = --default-artifact-root $(MLFLOW_ARTIFACT_ROOT) --no-serve-artifacts
+AIRFLOW_EXECUTOR := LocalExecutor
+else
+$(error PROFILE is embedded or production, not $(PROFILE))
+endif
+MLFLOW_PORT ?= 5000
 MLFLOW_ARTIFACT_ROOT ?= file://$(CURDIR)/var/mlflow/artifacts
 export MLFLOW_PORT
 # BentoML: `make serve` listens here.
 BENTO_PORT ?= 3000
-# Airflow (`make up`): api-server (UI, REST and execution API) on AIRFLOW_PORT, scheduler and dag-processor, all
-# reading this configuration. Metadata DB: the default SQLite file $(AIRFLOW_HOME)/airflow.db; task logs in
-# $(AIRFLOW_HOME)/logs; component logs in var/log/airflow-<component>.log.
+# Airflow (`make up`): api-server (UI, REST and execution API) on AIRFLOW_PORT, scheduler and dag-processor (and
+# the Celery workers of the production profile), all reading this configuration. Metadata DB: the default SQLite
+# file $(AIRFLOW_HOME)/airflow.db, or PostgreSQL; task logs in $(AIRFLOW_HOME)/logs; component logs in
+# var/log/airflow-<component>.log.
 AIRFLOW_PORT ?= 8080
 export AIRFLOW_HOME := $(CURDIR)/var/airflow
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
-export AIRFLOW__CORE__EXECUTOR := LocalExecutor
+export AIRFLOW__CORE__EXECUTOR := $(AIRFLOW_EXECUTOR)
 # At most 4 task instances at once. The LocalExecutor forks one worker per slot: the default 32 costs ~5 GB of
 # RSS; 4 keeps all of Airflow at ~1.2 GB idle and ~1.8 GB with four tasks running, on this 2-core machine.
 export AIRFLOW__CORE__PARALLELISM := 4
@@ -146,7 +178,10 @@ $(LABEL_STUDIO_HOME)/token $(LABEL_STUDIO_HOME)/password:
 # MLflow's job runner (GenAI scorers; 8 huey processes, ~1.9 GB) is off: the platform does not use it.
 # Airflow: no triggerer (no DAG defers) and no scheduler log server (port 8793 on all interfaces, ~140 MB):
 # the api-server reads task logs from $(AIRFLOW_HOME)/logs on this same machine.
-AIRFLOW_COMPONENTS := api-server scheduler dag-processor
+# Celery workers (production profile): worker-1 takes the default and the `ml` queue (it has the ML environment),
+# the others the default queue only; each runs CELERY_CONCURRENCY tasks at once.
+CELERY_WORKER_NAMES := $(if $(filter-out 0,$(CELERY_WORKERS)),$(addprefix worker-,$(shell seq $(CELERY_WORKERS))))
+AIRFLOW_COMPONENTS := api-server scheduler dag-processor $(CELERY_WORKER_NAMES)
 AIRFLOW_HEALTHY = curl -sf $(AIRFLOW_URL)/api/v2/monitor/health | $(AIRFLOW)/bin/python -c 'import json, sys; \
   health = json.load(sys.stdin); sys.exit(not all(health[c]["status"] == "healthy" for c in ("metadatabase", "scheduler")))' 2>/dev/null
 AIRFLOW_PASSWORD = $$($(AIRFLOW)/bin/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["admin"])' \
@@ -154,12 +189,14 @@ AIRFLOW_PASSWORD = $$($(AIRFLOW)/bin/python -c 'import json, sys; print(json.loa
 
 up: setup $(AIRFLOW_JWT_SECRET_FILE) $(LABEL_STUDIO_HOME)/token $(LABEL_STUDIO_HOME)/password ## Start MLflow, the BentoML service, Label Studio and Airflow (MLFLOW_PORT, BENTO_PORT, LABEL_STUDIO_PORT, AIRFLOW_PORT), health-checked; logs in var/log/
 	mkdir -p var/log var/run var/mlflow/artifacts
+	$(if $(PROFILE_DATABASES),$(ML)/bin/invoice db create $(PROFILE_DATABASES))
+	$(ML)/bin/invoice db migrate
 	if [ -f var/run/mlflow.pid ] && kill -0 $$(cat var/run/mlflow.pid) 2>/dev/null; then echo "MLflow already running"; else \
-	  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid nohup $(ML)/bin/mlflow server --backend-store-uri $(MLFLOW_BACKEND_STORE_URI) --default-artifact-root $(MLFLOW_ARTIFACT_ROOT) \
-	    --no-serve-artifacts --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 > var/log/mlflow.log 2>&1 < /dev/null & echo $$! > var/run/mlflow.pid; fi
+	  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid nohup $(ML)/bin/mlflow server --backend-store-uri $(MLFLOW_BACKEND_STORE_URI) $(MLFLOW_ARTIFACTS) \
+	    --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 > var/log/mlflow.log 2>&1 < /dev/null & echo $$! > var/run/mlflow.pid; fi
 	for i in $$(seq 90); do curl -sf http://127.0.0.1:$(MLFLOW_PORT)/health >/dev/null && break; sleep 1; done
 	curl -sf http://127.0.0.1:$(MLFLOW_PORT)/health >/dev/null || (tail -20 var/log/mlflow.log; exit 1)
-	@echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)  (store $(MLFLOW_BACKEND_STORE_URI), artifacts $(MLFLOW_ARTIFACT_ROOT))"
+	@echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)  (store $(MLFLOW_BACKEND_STORE_URI), artifacts $(or $(MLFLOW_ARTIFACTS_DESTINATION),$(MLFLOW_ARTIFACT_ROOT)))"
 	if [ -f var/run/bentoml.pid ] && kill -0 $$(cat var/run/bentoml.pid) 2>/dev/null; then echo "BentoML already running"; else \
 	  BENTOML_DO_NOT_TRACK=true MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT) setsid nohup $(ML)/bin/bentoml serve \
 	    serving.service:InvoiceService --host 127.0.0.1 --port $(BENTO_PORT) > var/log/bentoml.log 2>&1 < /dev/null & echo $$! > var/run/bentoml.pid; fi
@@ -181,11 +218,15 @@ up: setup $(AIRFLOW_JWT_SECRET_FILE) $(LABEL_STUDIO_HOME)/token $(LABEL_STUDIO_H
 	  else start="$$start $$c"; fi; done; \
 	if [ -n "$$start" ]; then $(AIRFLOW_RUN) $(AIRFLOW)/bin/airflow db migrate > var/log/airflow-db-migrate.log 2>&1 \
 	  || { tail -20 var/log/airflow-db-migrate.log; exit 1; }; fi; \
-	for c in $$start; do case $$c in api-server) args="--host 127.0.0.1 --port $(AIRFLOW_PORT)";; \
-	  scheduler) args=--skip-serve-logs;; *) args=;; esac; \
-	  $(AIRFLOW_RUN) setsid nohup $(AIRFLOW)/bin/airflow $$c $$args > var/log/airflow-$$c.log 2>&1 < /dev/null & echo $$! > var/run/airflow-$$c.pid; done
+	for c in $$start; do case $$c in api-server) args="api-server --host 127.0.0.1 --port $(AIRFLOW_PORT)";; \
+	  scheduler) args="scheduler --skip-serve-logs";; dag-processor) args=dag-processor;; \
+	  worker-*) args="celery worker --celery-hostname $$c@%h --skip-serve-logs --concurrency $(CELERY_CONCURRENCY) \
+	    --queues default$$([ $$c != worker-1 ] || echo ,ml)";; esac; \
+	  $(AIRFLOW_RUN) setsid nohup $(AIRFLOW)/bin/airflow $$args > var/log/airflow-$$c.log 2>&1 < /dev/null & echo $$! > var/run/airflow-$$c.pid; done
 	for i in $$(seq 90); do $(AIRFLOW_HEALTHY) && { echo "Airflow healthy after $${SECONDS} s"; break; }; sleep 1; done
 	$(AIRFLOW_HEALTHY) || { curl -s $(AIRFLOW_URL)/api/v2/monitor/health; tail -n 20 var/log/airflow-*.log; exit 1; }
+	for c in $(CELERY_WORKER_NAMES); do for i in $$(seq 90); do grep -q "$$c@.* ready" var/log/airflow-$$c.log && break; sleep 1; done; \
+	  grep -q "$$c@.* ready" var/log/airflow-$$c.log || { tail -n 20 var/log/airflow-$$c.log; exit 1; }; echo "Celery $$c ready"; done
 	@echo "Airflow UI: $(AIRFLOW_URL)  (login admin / $(AIRFLOW_PASSWORD); DAGs from dags/, AIRFLOW_HOME var/airflow)"
 	@echo; echo "services:"; \
 	echo "  MLflow UI   http://127.0.0.1:$(MLFLOW_PORT)"; \
@@ -215,12 +256,20 @@ down: ## Stop the services started by make up
 	stop $$(ls var/run/*.pid 2>/dev/null | grep -v airflow-api-server.pid); stop var/run/airflow-api-server.pid
 	@echo "services stopped"
 
-.PHONY: serve bento
+.PHONY: serve bento container worker-image
 serve: setup ## Serve POST /extract on BENTO_PORT (default 3000) with the champion of the make-up MLflow store (foreground)
 	BENTOML_DO_NOT_TRACK=true bentoml serve serving.service:InvoiceService --port $(BENTO_PORT)
 
 bento: setup ## Build the service's bento (serving/bentofile.yaml) into the local BentoML store, offline
 	BENTOML_DO_NOT_TRACK=true PATH=$(abspath $(TOOLS)/bin):$$PATH bentoml build -f serving/bentofile.yaml .
+
+# Images for a cluster (serving/deploy/): they need a Docker daemon and the base images' registry.
+IMAGE_TAG ?= latest
+container: bento ## Build the service's image invoice-extractor:IMAGE_TAG from the newest bento (bentoml containerize)
+	BENTOML_DO_NOT_TRACK=true bentoml containerize invoice-extractor:latest --image-tag invoice-extractor:$(IMAGE_TAG)
+
+worker-image: ## Build the Airflow worker / ML task image invoice-mlops-worker:IMAGE_TAG (serving/deploy/worker.Dockerfile)
+	docker build -f serving/deploy/worker.Dockerfile -t invoice-mlops-worker:$(IMAGE_TAG) .
 
 test: setup ## Run the test suite (code, data and model behaviour)
 	$(ML)/bin/pytest $(PYTEST_ARGS)

@@ -2,8 +2,9 @@
 
 Runs when the `labeled_invoices` Asset changes (the feedback DAG announces new versions) or on demand with
 params. Torch work runs in the ML environment through the `invoice` CLI, whose last stdout line is JSON (the
-task's XCom); the gate scores candidate and champion on the frozen sets (evaluation) and checks drift against
-recent production pages before it moves the `champion` alias.
+task's XCom), on the `ml` queue (under Celery only ML-capable workers take it); the gate scores candidate and
+champion on the frozen sets (evaluation) and checks drift against recent production pages before it moves the
+`champion` alias.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from training.config import PROJECT_ROOT
 from training.orchestration import (
     CHAMPION_MODEL,
     LABELED_INVOICES,
+    ML_EXECUTOR,
+    ML_QUEUE,
     START_DATE,
     default_args,
     ml_bin,
@@ -87,13 +90,13 @@ def invoice_training():
             raise AirflowSkipException(f"data version {data_version['md5']} unchanged")
         return data_version["md5"]
 
-    @task.bash(cwd=str(PROJECT_ROOT))
+    @task.bash(cwd=str(PROJECT_ROOT), queue=ML_QUEUE, executor=ML_EXECUTOR)
     def train(params: dict | None = None) -> str:
         """`invoice model train` in the ML environment: tracked in MLflow, registered as the challenger."""
         options = {k: params[k] for k in ("preset", "base", "epochs", "max_steps", "max_minutes")}
         return f"{ml_bin()}/invoice model train {_flags(**options)}"
 
-    @task.bash(cwd=str(PROJECT_ROOT))
+    @task.bash(cwd=str(PROJECT_ROOT), queue=ML_QUEUE, executor=ML_EXECUTOR)
     def gate(trained: str, params: dict | None = None) -> str:
         """Evaluate, check drift and decide: `invoice model gate`; a refusal is a decision, not an error."""
         from training.processing import ProcessingConfig

@@ -5,7 +5,7 @@ Two services in one process tree (`bentoml serve serving.service:InvoiceService`
 - `InvoiceService` (public): decodes the upload with `training.documents` (type from the bytes; limits on bytes,
   pixels and pages, all answered as `{"error", "reason"}` JSON with 400/413/415), checks the optional API key,
   merges the pages' predictions and reports which model version answered.
-- `InvoiceReader` (internal, one worker): holds the model and reads pages through an adaptive-batching API, so
+- `InvoiceReader` (internal, `INVOICE_WORKERS` workers, default 1): each worker holds the model and reads pages through an adaptive-batching API, so
   pages of concurrent requests share one forward pass. It loads `INVOICE_MODEL_URI` in a background thread
   (`/readyz` is 503 until then, and so is `/extract`), polls the registry every `INVOICE_MODEL_POLL_S` seconds and,
   when the alias has moved, loads the new version off the request path and swaps one reference: a batch
@@ -14,7 +14,9 @@ Two services in one process tree (`bentoml serve serving.service:InvoiceService`
 Environment (over params.yaml `serve:`): `INVOICE_MODEL_URI` (default `models:/invoice-extractor@champion`; a
 `models:/name/3` version or a local transformers folder also work), `INVOICE_API_KEY`, `INVOICE_MODEL_POLL_S`,
 `INVOICE_MAX_BATCH_SIZE`, `INVOICE_MAX_LATENCY_MS`, `INVOICE_MAX_BYTES`, `INVOICE_MAX_PIXELS`,
-`INVOICE_MAX_PAGES`, `INVOICE_PDF_DPI`, and `MLFLOW_TRACKING_URI` for the registry.
+`INVOICE_MAX_PAGES`, `INVOICE_PDF_DPI`, `INVOICE_WORKERS` (processes of each service; the reader's split the
+CPU cores between them, and `/reload` reaches one of them: the others follow the alias within
+`INVOICE_MODEL_POLL_S`), and `MLFLOW_TRACKING_URI` for the registry.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class Settings:
     poll_s: float = 30.0
     max_batch_size: int = 8
     max_latency_ms: int = 60_000
+    workers: int = 1
     limits: Limits = field(default_factory=Limits)
 
     @classmethod
@@ -62,6 +65,7 @@ class Settings:
             poll_s=setting("INVOICE_MODEL_POLL_S", params, "poll_s", 30.0),
             max_batch_size=setting("INVOICE_MAX_BATCH_SIZE", params, "max_batch_size", 8),
             max_latency_ms=setting("INVOICE_MAX_LATENCY_MS", params, "max_latency_ms", 60_000),
+            workers=setting("INVOICE_WORKERS", params, "workers", 1),
             limits=Limits.from_params(),
         )
 
@@ -161,12 +165,16 @@ def training_data_version(run_id: str) -> str | None:
     return MlflowClient().get_run(run_id).data.params.get("data_version")
 
 
-@bentoml.service(name="invoice_reader", workers=1, traffic={"timeout": 600})
+@bentoml.service(name="invoice_reader", workers=SETTINGS.workers, traffic={"timeout": 600})
 class InvoiceReader:
     """Holds the model; pages of concurrent requests are read in one batch."""
 
     def __init__(self) -> None:
         self.settings = Settings.from_env()
+        if self.settings.workers > 1:  # one share of the cores each, not every worker on all of them
+            import torch
+
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.settings.workers))
         self.current: Loaded | None = None  # replaced whole, never mutated: readers take one snapshot
         self.last_error: str | None = None
         self._load_lock = threading.Lock()
@@ -330,7 +338,7 @@ async def _drain(receive, limit: int) -> None:
             return
 
 
-@bentoml.service(name="invoice_extractor", traffic={"timeout": 600})
+@bentoml.service(name="invoice_extractor", workers=SETTINGS.workers, traffic={"timeout": 600})
 class InvoiceService:
     """Invoice extraction over HTTP: a document in, canonical fields with per-field confidence out."""
 

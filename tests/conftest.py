@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from services import free_port, start_label_studio, stop
+from services import start_label_studio, start_mlflow, stop
 
 from training.data import SPLITS, read_split, write_split
 from training.model import PRESETS, ModelConfig
@@ -96,42 +93,11 @@ def micro_config() -> ModelConfig:
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` on a free port with its own SQLite store and artifact folder."""
     root = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    log = (root / "server.log").open("w")
-    process = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(root / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                break
-        except OSError:
-            assert process.poll() is None, (root / "server.log").read_text()
-            time.sleep(1)
-    else:
-        raise AssertionError("mlflow server did not become healthy:\n" + (root / "server.log").read_text())
+    process, url = start_mlflow(root, f"sqlite:///{root / 'mlflow.db'}")
     os.environ["MLFLOW_TRACKING_URI"] = url
     yield url
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    process.terminate()
-    process.wait(timeout=30)
+    stop(process)
 
 
 @pytest.fixture(scope="session")

@@ -23,8 +23,13 @@ app.add_typer(data_app, name="data")
 review_app = typer.Typer(
     help="Reviewers in Label Studio: project, review queue, corrections, summary.", no_args_is_help=True
 )
+db_app = typer.Typer(
+    help="Databases: the results schema's migrations; the production profile's PostgreSQL databases.",
+    no_args_is_help=True,
+)
 app.add_typer(model_app, name="model")
 app.add_typer(review_app, name="review")
+app.add_typer(db_app, name="db")
 console = Console(stderr=True)
 
 
@@ -492,6 +497,50 @@ def review_summary(
     report = review.summary(client.tasks(client.project(ProcessingConfig.from_params().root)), champion)
     console.print(review.summary_table(report))
     _print_json(report)
+
+
+UrlOption = Annotated[
+    str | None,
+    typer.Option(
+        help="SQLAlchemy URL; default INVOICE_RESULTS_URL, params.yaml process.results_url, or SQLite"
+    ),
+]
+
+
+@db_app.command("create")
+def db_create(urls: Annotated[list[str], typer.Argument(help="PostgreSQL URLs of the databases")]) -> None:
+    """Create each database that does not exist yet (connecting to the server's `postgres` database)."""
+    from training import results
+
+    created = []
+    for url in dict.fromkeys(urls):
+        new = results.create_database(url)
+        created += [url] if new else []
+        console.print(f"{sa_url(url)}: {'created' if new else 'exists'}")
+    _print_json({"created": [sa_url(url) for url in created]})
+
+
+@db_app.command("migrate")
+def db_migrate(
+    url: UrlOption = None,
+    revision: Annotated[str, typer.Option(help="Alembic revision to reach")] = "head",
+    downgrade: Annotated[bool, typer.Option(help="Go back to --revision instead of forward")] = False,
+) -> None:
+    """Create or upgrade the results database's schema (Alembic, training/migrations/); idempotent."""
+    from training import results
+
+    engine = results.engine_for(url)
+    before = results.revision(engine)
+    after = results.migrate(engine, revision, downgrade=downgrade)
+    console.print(f"results database {sa_url(str(engine.url))}: {before} -> {after}")
+    _print_json({"url": sa_url(str(engine.url)), "before": before, "revision": after})
+
+
+def sa_url(url: str) -> str:
+    """A database URL fit to print: its password masked."""
+    import sqlalchemy as sa
+
+    return sa.make_url(url).render_as_string(hide_password=True)
 
 
 def _champion_version() -> str | None:

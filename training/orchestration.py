@@ -20,6 +20,12 @@ LABELED_INVOICES = Asset("labeled_invoices", extra={"dvc_file": "data.dvc"})
 CHAMPION_MODEL = Asset("champion_model", extra={"model_uri": "models:/invoice-extractor@champion"})
 
 START_DATE = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+# The Celery queue of tasks that need the ML environment (torch): only ML-capable workers listen to it. Every
+# other task goes to Airflow's default queue. The LocalExecutor ignores queues, so both profiles run one DAG.
+ML_QUEUE = "ml"
+# Where a cluster runs the ML tasks instead (`INVOICE_ML_EXECUTOR=KubernetesExecutor`, one of Airflow's configured
+# executors: serving/deploy/kubernetes/); unset, the default executor.
+ML_EXECUTOR = os.environ.get("INVOICE_ML_EXECUTOR") or None
 
 
 def dag_settings() -> dict[str, Any]:

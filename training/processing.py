@@ -370,7 +370,7 @@ def export(config: ProcessingConfig, engine: sa.Engine, run_id: str) -> dict[str
     folder = config.folder("exports") / re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)
     folder.mkdir(exist_ok=True)
     lineage = ("model_name", "model_version", "model_run_id", "data_version")
-    rows = [row for row in results.fetch(engine, status=["stored"]) if row["run_id"] == run_id]
+    rows = results.fetch(engine, status=["stored"], run_id=run_id)
     records = [
         {
             "sha256": r["sha256"],

@@ -3,7 +3,8 @@
 A document moves `pending` -> `extracted` -> `stored` | `review`, or to `quarantine` at any step; `pending`
 and `extracted` are the retryable states a failed run leaves behind. Every write is an upsert on the sha256,
 so re-running any step never stores a document twice. SQLite by default, any SQLAlchemy URL (PostgreSQL)
-by configuration; torch-free, so Airflow's environment runs it.
+by configuration; torch-free, so Airflow's environment runs it. The schema is Alembic's
+(training/migrations/): `connect` brings a database to the newest revision, `invoice results migrate` too.
 """
 
 from __future__ import annotations
@@ -27,13 +28,13 @@ documents = sa.Table(
     sa.Column("sha256", sa.String(64), primary_key=True),
     sa.Column("file_name", sa.String(512), nullable=False),
     sa.Column("path", sa.String(1024), nullable=False, doc="where the document's bytes are kept now"),
-    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("status", sa.String(16), nullable=False),
     sa.Column("reason", sa.Text, doc="why it is quarantined or sent to review"),
     sa.Column("pages", sa.Integer),
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("duplicates", sa.Integer, nullable=False, default=0, doc="later deliveries of the same bytes"),
-    sa.Column("run_id", sa.String(250), index=True, doc="the processing run that last changed the row"),
+    sa.Column("run_id", sa.String(250), doc="the processing run that last changed the row"),
     sa.Column("fields", sa.JSON),
     sa.Column("confidence", sa.JSON),
     sa.Column("checks", sa.JSON, doc="failed validation rules"),
@@ -43,7 +44,13 @@ documents = sa.Table(
     sa.Column("data_version", sa.String(128)),
     sa.Column("reviewed_by", sa.String(250)),
     sa.Column("reviewed_at", sa.DateTime(timezone=True)),
+    # a status's documents oldest first (retryable work, the review queue); a run's documents in a status (export)
+    sa.Index("ix_documents_status_received", "status", "received_at"),
+    sa.Index("ix_documents_run_status", "run_id", "status"),
 )
+MIGRATIONS = Path(__file__).parent / "migrations"
+# Revision of the schema `documents` had before migrations existed (metadata.create_all).
+BASELINE = "0001"
 
 
 def default_url(project_root: Path = PROJECT_ROOT) -> str:
@@ -56,14 +63,76 @@ def results_url() -> str:
     return setting("INVOICE_RESULTS_URL", load_params("process"), "results_url", default_url())
 
 
-def connect(url: str | None = None) -> sa.Engine:
-    """An engine on the results database, with its table created if missing."""
+def engine_for(url: str | None = None) -> sa.Engine:
+    """An engine on the results database (default: the configured one), as it is."""
     url = url or results_url()
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, future=True)
-    metadata.create_all(engine)
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def connect(url: str | None = None) -> sa.Engine:
+    """An engine on the results database, migrated to the newest schema."""
+    engine = engine_for(url)
+    migrate(engine)
     return engine
+
+
+def create_database(url: str) -> bool:
+    """Create the PostgreSQL database `url` names if it does not exist; returns whether it was created."""
+    target = sa.make_url(url)
+    if not target.drivername.startswith("postgresql"):
+        raise ValueError(f"only PostgreSQL databases are created this way, not {target.drivername}")
+    server = sa.create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with server.connect() as connection:
+            exists = connection.execute(
+                sa.text("select 1 from pg_database where datname = :name"), {"name": target.database}
+            ).first()
+            if not exists:
+                quoted = connection.dialect.identifier_preparer.quote(target.database)
+                connection.execute(sa.text(f"create database {quoted}"))
+    finally:
+        server.dispose()
+    return not exists
+
+
+def _current(connection: sa.Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def revision(engine: sa.Engine) -> str | None:
+    """The schema revision the database is at (None: no schema yet)."""
+    with engine.connect() as connection:
+        return _current(connection)
+
+
+def migrate(engine: sa.Engine, target: str = "head", downgrade: bool = False) -> str | None:
+    """Upgrade the schema to `target` (or downgrade to it); returns the revision reached. Safe from many processes
+    at once: on PostgreSQL they queue on an advisory lock. A table made before migrations existed is recorded
+    as the baseline first."""
+    from alembic import command
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(sa.text("select pg_advisory_xact_lock(hashtext('invoice results schema'))"))
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.attributes["connection"] = connection
+        if _current(connection) is None and sa.inspect(connection).has_table("documents"):
+            command.stamp(config, BASELINE)
+        if downgrade:
+            command.downgrade(config, target)
+        elif not (
+            target == "head"
+            and _current(connection) == ScriptDirectory.from_config(config).get_current_head()
+        ):
+            command.upgrade(config, target)
+        return _current(connection)
 
 
 def now() -> dt.datetime:
@@ -117,9 +186,16 @@ def update(engine: sa.Engine, sha256: str, **values: Any) -> None:
         raise KeyError(f"no document {sha256} in the results database")
 
 
-def fetch(engine: sa.Engine, shas: Iterable[str] | None = None, status: Iterable[str] | None = None):
-    """Rows as dicts, filtered by sha256 and/or status, oldest first."""
+def fetch(
+    engine: sa.Engine,
+    shas: Iterable[str] | None = None,
+    status: Iterable[str] | None = None,
+    run_id: str | None = None,
+):
+    """Rows as dicts, filtered by sha256, status and/or the run that last changed them, oldest first."""
     query = sa.select(documents).order_by(documents.c.received_at, documents.c.sha256)
+    if run_id is not None:
+        query = query.where(documents.c.run_id == run_id)
     if shas is not None:
         query = query.where(documents.c.sha256.in_(list(shas)))
     if status is not None:

@@ -13,33 +13,25 @@ from pathlib import Path
 
 import pytest
 import requests
-from airflow_runs import airflow_env, asset_events, dags_test, make_project, task_states
+from airflow_runs import (
+    TRAIN,
+    airflow_env,
+    asset_events,
+    dags_test,
+    make_project,
+    memorisable_dataset,
+    task_states,
+)
 from PIL import Image
 from services import free_port, start_bentoml, stop, wait_ready
 
 from training import results, review
-from training.data import Record, read_split, write_split
+from training.data import read_split
 from training.processing import ProcessingConfig
 from training.review import LabelStudio, ReviewConfig
 
 pytestmark = pytest.mark.slow
 
-# The `handful` recipe of tests/conftest.py's train_config: four invoices memorised in a few hundred steps.
-TRAIN = dict(
-    base=None,  # from scratch: the shipped base reads at 960x720, three times this recipe's cost
-    preset="tiny",
-    image_size=[480, 320],  # enough to tell four pages apart, a third of the default's cost
-    max_length=384,
-    max_steps=400,
-    batch_size=4,
-    learning_rate=1e-3,
-    warmup_steps=10,
-    eval_every=100,
-    eval_samples=4,
-    patience=100,
-    checkpoint_every=1000,
-    vocab_size=800,
-)
 PROCESS = dict(docs_per_task=3, concurrency=4, http_retries=1, backoff_s=0.2, timeout_s=120)
 DAGS = dict(retries=1, retry_delay_s=1)
 REVIEW_PROJECT = "lifecycle review"
@@ -47,27 +39,9 @@ REVIEW_PROJECT = "lifecycle review"
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, handful) -> Path:
-    """`handful` as a dataset that passes validation: its four invoices for training, and as validation and
-    test splits the same pages re-encoded (JPEG) under their own ids, so no image sits in two splits."""
-    dataset = tmp_path_factory.mktemp("memorisable")
-    train = read_split(handful / "train")
-    (dataset / "train").mkdir()
-    for record in train:
-        shutil.copy(handful / "train" / record.file_name, dataset / "train")
-    write_split(dataset / "train", train)
-    for split, quality in (("validation", 97), ("test", 96)):
-        (dataset / split).mkdir()
-        records = []
-        for record in read_split(handful / split):
-            name = f"{Path(record.file_name).stem}-{split}.jpg"
-            Image.open(handful / split / record.file_name).convert("RGB").save(
-                dataset / split / name, quality=quality
-            )
-            records.append(Record(name, record.gt_parse, record.meta))
-        write_split(dataset / split, records)
     return make_project(
         tmp_path_factory.mktemp("lifecycle") / "project",
-        dataset,
+        memorisable_dataset(handful, tmp_path_factory.mktemp("memorisable")),
         {"train": TRAIN, "process": PROCESS, "dags": DAGS, "review": {"project_title": REVIEW_PROJECT}},
     )
 
