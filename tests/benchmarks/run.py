@@ -1116,6 +1116,153 @@ database:
 """
 
 
+def _scheduled_run(
+    root: Path, name: str, url: str, files: list[Path], executor: str, workers: dict[str, str]
+) -> dict:
+    """One scheduler-driven `invoice_processing` run over `files` on a fresh Airflow (PostgreSQL metadata
+    database, PostgreSQL results, `executor`; Celery `workers` name -> queues, 2 slots each); returns the run's
+    seconds from Airflow's own start and end stamps and where its documents ended."""
+    import psutil
+    import yaml
+    from airflow_runs import celery_env, metadata_query, run_state, start_cluster, trigger
+    from services import postgres_database
+
+    from training import results
+
+    project = root / f"project-{name}"
+    inbox = project / "var" / "processing" / "inbox"
+    inbox.mkdir(parents=True)
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["process"]["docs_per_task"] = CLUSTER_DOCS_PER_TASK
+    params["dags"]["processing_schedule"] = None
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    for path in files:
+        shutil.copy(path, inbox / path.name)
+    with (
+        postgres_database("invoice_bench_airflow") as metadata,
+        postgres_database("invoice_bench_results") as results_url,
+    ):
+        subprocess.run(
+            [str(REPO_ROOT / ".venvs" / "airflow" / "bin" / "python"), "-c",
+             "import redis; redis.Redis(db=14).flushdb()"],
+            check=True,
+        )  # fmt: skip
+        env = celery_env(
+            root / f"home-{name}",
+            project,
+            metadata,
+            "redis://127.0.0.1:6379/14",
+            AIRFLOW__CORE__EXECUTOR=executor,
+            AIRFLOW__CORE__PARALLELISM=str(CLUSTER_SLOTS),
+            INVOICE_SERVICE_URL=url,
+            INVOICE_RESULTS_URL=results_url,
+        )
+        cluster = start_cluster(env, workers)
+        try:
+            before = psutil.cpu_times()
+            trigger(cluster, "invoice_processing", name)
+            state = cluster.wait_until(lambda: run_state(cluster, name), f"{name} finished", seconds=3600)
+            after = psutil.cpu_times()
+        finally:
+            cluster.stop()
+        assert state == "success", cluster.log("scheduler")[-3000:]
+        ((seconds,),) = metadata_query(
+            metadata,
+            "select extract(epoch from end_date - start_date) from dag_run where run_id = :run",
+            run=name,
+        )
+        engine = results.connect(results_url)
+        rows = results.fetch(engine)
+        engine.dispose()
+    assert sorted(r["file_name"] for r in rows) == sorted(p.name for p in files), "not every file, once"
+    spent = sum(after) - sum(before)
+    return {
+        "seconds": float(seconds),
+        "states": {state: sum(r["status"] == state for r in rows) for state in results.FINAL_STATES},
+        "cpu_busy": 1 - (after.idle - before.idle) / spent if spent else 0.0,
+    }
+
+
+CLUSTER_DOCS_PER_TASK = 10
+CLUSTER_SLOTS = 4
+
+
+def bench_cluster(invoices: int = 200, new_tokens: int = 60) -> str:
+    """`invoice_processing` run by the scheduler under the LocalExecutor, the CeleryExecutor with one worker and
+    with two, in one run against one two-worker BentoML service: invoices per minute, and what limits them."""
+    from training.data import read_split
+
+    total_started = time.perf_counter()
+    configurations = [
+        ("local", "LocalExecutor", {}, f"LocalExecutor, {CLUSTER_SLOTS} slots"),
+        ("celery-1", "CeleryExecutor", {"worker-1": "default,ml"}, "CeleryExecutor, 1 worker x 2 slots"),
+        (
+            "celery-2",
+            "CeleryExecutor",
+            {"worker-1": "default,ml", "worker-2": "default"},
+            "CeleryExecutor, 2 workers x 2 slots",
+        ),
+    ]
+    runs: dict[str, dict] = {}
+    with _contention() as contention, tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        generate_dataset(
+            GeneratorConfig(n=invoices, seed=11, pdf_share=0.1),
+            root / "invoices",
+            workers=os.cpu_count(),
+            progress=False,
+        )
+        files = _inbox_files(root / "invoices")
+        records = read_split(root / "invoices" / "train")[:200]
+        model, _, tracking_uri = _fixed_length_champion(root, records, files[0], new_tokens)
+        del model
+        pages = [_rendered_png(path) for path in files[:32]]
+        with _service(root, tracking_uri, pages, warm_up=16, retries=4, INVOICE_WORKERS="2") as url:
+            endpoint = _measured_load(url, pages, 8, len(pages), 4)
+            for name, executor, workers, _ in configurations:
+                runs[name] = _scheduled_run(root, name, url, files, executor, workers)
+                print(f"{name}: {runs[name]['seconds']:.0f} s {runs[name]['states']}", flush=True)
+    total = time.perf_counter() - total_started
+    endpoint_min = endpoint["pages_per_s"] * 60
+    rows = "\n".join(
+        f"| {label} | {invoices} | {runs[name]['seconds']:.1f} | {invoices / runs[name]['seconds'] * 60:.0f} | "
+        f"{invoices / runs[name]['seconds'] * 60 / endpoint_min:.2f} | {runs[name]['cpu_busy']:.0%} | "
+        + " / ".join(str(runs[name]["states"][s]) for s in ("stored", "review", "quarantine"))
+        + " |"
+        for name, _, _, label in configurations
+    )
+    local, one, two = (runs[name]["seconds"] for name in ("local", "celery-1", "celery-2"))
+    busy = min(run["cpu_busy"] for run in runs.values())
+    limit = (
+        f"the {os.cpu_count()} cores, busy {busy:.0%} or more in every run: the service's forward passes, the "
+        "render and route tasks and every Airflow process (each task its own interpreter) share them, so a "
+        "second worker on the same machine adds task slots, not CPU. On separate machines the service and each "
+        "worker bring their own cores."
+        if busy >= 0.9
+        else f"not the CPU (busy {busy:.0%} at least): the service's latency and Airflow's scheduling leave "
+        "cores idle, so more task slots would overlap more waiting."
+    )
+    return f"""## Processing: LocalExecutor against one and two Celery workers
+
+`tests/benchmarks/run.py --only cluster` on {machine()}, {total / 60:.1f} minutes for the section; highest 1-minute
+load average {contention["max_load"]:.1f}; other test runs active during {contention["busy_share"]:.0%} of it.
+{invoices} synthetic invoices (seed 11, a tenth as PDF) through `invoice_processing`, triggered once per
+configuration on a fresh Airflow {_airflow_version()} (scheduler, dag-processor, api-server; PostgreSQL metadata
+database, results in PostgreSQL, Redis broker for Celery; `docs_per_task` {CLUSTER_DOCS_PER_TASK}, so each stage maps
+{invoices // CLUSTER_DOCS_PER_TASK} tasks), all against one `bentoml serve` with two workers of the untrained `tiny`
+preset decoding exactly {new_tokens} tokens a page. Seconds are Airflow's own, from the run's start to its end.
+The service alone (32 of the pages POSTed by 8 clients) reads {endpoint_min:.0f} pages/min.
+
+| executor | invoices | seconds | invoices/min | of the service alone | CPU busy | stored / review / quarantine |
+|---|---|---|---|---|---|---|
+{rows}
+
+- Two Celery workers against one: {one / two:.2f}x the throughput; against the LocalExecutor with as many slots:
+  {local / two:.2f}x.
+- What limits it: {limit}
+"""
+
+
 @contextlib.contextmanager
 def _contention(every_s: float = 5.0):
     """Samples, every `every_s` seconds while the block runs, the 1-minute load average and whether other test
@@ -1174,6 +1321,7 @@ BENCHMARKS: dict[str, Callable[[], str]] = {
     "base": bench_base,
     "serving": bench_serving,
     "processing": bench_processing,
+    "cluster": bench_cluster,
 }
 
 

@@ -228,25 +228,23 @@ class Cluster:
 def celery_env(home: Path, project: Path, metadata_url: str, broker_url: str, **extra: str) -> dict[str, str]:
     """`airflow_env` for a Celery cluster: PostgreSQL metadata and result backend, the broker, its own
     api-server port and JWT secret, and failure detection quick enough for a test (a task whose worker died
-    is failed and retried after 20 s without a heartbeat)."""
+    is failed and retried after 20 s without a heartbeat); `extra` overrides any of it (e.g. the executor)."""
     port = free_port()
-    return airflow_env(
-        home,
-        project,
-        AIRFLOW__CORE__EXECUTOR="CeleryExecutor",
-        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=metadata_url,
-        AIRFLOW__CELERY__BROKER_URL=broker_url,
-        AIRFLOW__CELERY__RESULT_BACKEND=f"db+{metadata_url}",
-        AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"http://127.0.0.1:{port}/execution/",
-        AIRFLOW__API__PORT=str(port),
-        AIRFLOW__API_AUTH__JWT_SECRET=secrets.token_urlsafe(32),
-        AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False",
-        AIRFLOW__CORE__PARALLELISM="8",
-        AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT="20",
-        AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL="5",
-        AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT="120",
-        **extra,
-    )
+    settings = {
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_url,
+        "AIRFLOW__CELERY__BROKER_URL": broker_url,
+        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{metadata_url}",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__CORE__PARALLELISM": "8",
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
+        "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "120",
+    }
+    return airflow_env(home, project, **{**settings, **extra})
 
 
 def start_cluster(env: dict[str, str], workers: dict[str, str]) -> Cluster:
@@ -284,3 +282,42 @@ def start_cluster(env: dict[str, str], workers: dict[str, str]) -> Cluster:
         cluster.stop()
         raise
     return cluster
+
+
+def metadata_query(url: str, sql: str, **values) -> list:
+    """Rows of `sql` on a PostgreSQL (or any SQLAlchemy) metadata database."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(sa.text(sql), values).all()
+    finally:
+        engine.dispose()
+
+
+def trigger(cluster: Cluster, dag_id: str, run_id: str) -> None:
+    """`airflow dags trigger` once the dag-processor has parsed `dag_id`."""
+    metadata = cluster.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    cluster.wait_until(
+        lambda: metadata_query(metadata, "select 1 from dag where dag_id = :dag", dag=dag_id),
+        f"{dag_id} parsed",
+    )
+    result = subprocess.run(
+        [str(AIRFLOW_BIN / "airflow"), "dags", "trigger", dag_id, "--run-id", run_id],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def run_state(cluster: Cluster, run_id: str) -> str | None:
+    """The run's state once it is final (success or failed), else None."""
+    rows = metadata_query(
+        cluster.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"],
+        "select state from dag_run where run_id = :run",
+        run=run_id,
+    )
+    return rows[0][0] if rows and rows[0][0] in ("success", "failed") else None

@@ -62,6 +62,7 @@ def import_file(path: Path) -> None:
 
 def main(folder: Path, out: Path) -> None:
     from airflow.dag_processing.dagbag import DagBag
+    from airflow.serialization.serialized_objects import DagSerialization
 
     # Examples stay out through AIRFLOW__CORE__LOAD_EXAMPLES=False (DagBag has no include_examples in 3.x).
     dagbag = DagBag(dag_folder=str(folder))
@@ -82,7 +83,12 @@ def main(folder: Path, out: Path) -> None:
             "tags": sorted(dag.tags or []),
             "doc_md": bool(dag.doc_md and dag.doc_md.strip()),
             "description": bool(dag.description and dag.description.strip()),
-            "tasks": {task.task_id: {"owner": task.owner, "retries": task.retries} for task in dag.tasks},
+            "tasks": {
+                task.task_id: {"owner": task.owner, "retries": task.retries, "queue": task.queue}
+                for task in dag.tasks
+            },
+            # what the scheduler stores and runs: equal under every profile, or a profile changed a code path
+            "serialized": DagSerialization.to_dict(dag),
         }
     report = {
         "import_errors": {str(file): error for file, error in dagbag.import_errors.items()},
@@ -101,8 +107,9 @@ if __name__ == "__main__":
 '''
 
 
-def probe(folder: Path, work: Path) -> dict:
-    """The probe's report on the DAG files in `folder`, with `work` as Airflow's home."""
+def probe(folder: Path, work: Path, **settings: str) -> dict:
+    """The probe's report on the DAG files in `folder`, with `work` as Airflow's home and the environment's
+    `settings` (e.g. another profile's)."""
     script = work / "probe.py"
     script.write_text(PROBE)
     home = work / "airflow-home"
@@ -116,6 +123,7 @@ def probe(folder: Path, work: Path) -> dict:
         AIRFLOW__CORE__DAGS_FOLDER=str(folder),
         AIRFLOW__CORE__LOAD_EXAMPLES="False",
         INVOICE_PROJECT_ROOT=str(REPO_ROOT),
+        **settings,
     )
     out = work / "report.json"
     result = subprocess.run(
@@ -185,3 +193,24 @@ def test_every_dag_is_tagged_and_documented(report):
     assert not untagged and not undocumented, (
         f"untagged: {untagged}, without doc_md or description: {undocumented}"
     )
+
+
+def test_switching_profile_changes_no_code_path_in_the_dags(report, tmp_path):
+    """Parsed with the production profile's settings (Makefile PROFILE=production), every DAG serializes exactly
+    as with the embedded ones: the profile only changes where things run and are stored. The torch tasks are on
+    the `ml` queue in both."""
+    production = probe(
+        DAGS,
+        tmp_path,
+        AIRFLOW__CORE__EXECUTOR="CeleryExecutor",
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="postgresql+psycopg2://postgres@127.0.0.1:5432/invoice_airflow",
+        AIRFLOW__CELERY__BROKER_URL="redis://127.0.0.1:6379/0",
+        INVOICE_RESULTS_URL="postgresql+psycopg2://postgres@127.0.0.1:5432/invoice_results",
+        INVOICE_WORKERS="2",
+    )
+    assert production["dag_ids"] == report["dag_ids"]
+    for dag_id in report["dag_ids"]:
+        assert production["dags"][dag_id]["serialized"] == report["dags"][dag_id]["serialized"], dag_id
+    queues = {task: spec["queue"] for task, spec in report["dags"]["invoice_training"]["tasks"].items()}
+    assert queues["train"] == queues["gate"] == "ml"
+    assert {queue for task, queue in queues.items() if task not in ("train", "gate")} == {"default"}

@@ -20,7 +20,9 @@ from airflow_runs import (
     celery_env,
     make_project,
     memorisable_dataset,
+    metadata_query,
     start_cluster,
+    trigger,
 )
 from PIL import Image, PngImagePlugin
 from services import postgres_database, start_bentoml, start_mlflow, stop, wait_ready
@@ -90,7 +92,7 @@ def trained(project, mlflow_postgres) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_mlflow_on_postgresql_keeps_runs_registry_and_aliases(trained, mlflow_postgres, databases):
+def test_mlflow_on_postgresql_keeps_runs_registry_and_aliases(trained, mlflow_postgres, databases, tmp_path):
     import mlflow
     from training import registry
 
@@ -98,7 +100,7 @@ def test_mlflow_on_postgresql_keeps_runs_registry_and_aliases(trained, mlflow_po
     run = client.get_run(trained["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["preset"] == "tiny" and "final_f1" in run.data.metrics
-    assert max(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == TRAIN["max_steps"]
+    assert max(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == trained["steps"]
     version = trained["registered_version"]
     assert client.get_model_version(registry.MODEL_NAME, version).run_id == run.info.run_id
 
@@ -107,15 +109,17 @@ def test_mlflow_on_postgresql_keeps_runs_registry_and_aliases(trained, mlflow_po
     assert registry.by_alias("champion").version == second
     registry.set_alias("champion", registry.resolve(version))
     assert registry.by_alias("champion").version == version
-    assert (registry.download(registry.by_alias("champion")) / "MLmodel").exists()
+    assert (registry.download(registry.by_alias("champion"), tmp_path) / "model.safetensors").exists()
 
     # it is all in PostgreSQL, not in some local fallback store
     engine = sa.create_engine(databases["mlflow"])
     with engine.connect() as connection:
-        aliases = connection.execute(sa.text("select alias, version from registered_model_aliases")).all()
+        aliases = dict(
+            connection.execute(sa.text("select alias, version from registered_model_aliases")).all()
+        )
         runs = connection.execute(sa.text("select count(*) from runs")).scalar_one()
     engine.dispose()
-    assert aliases == [("champion", int(version))] and runs >= 1
+    assert aliases == {"challenger": int(version), "champion": int(version)} and runs >= 1
 
 
 @pytest.fixture(scope="module")
@@ -146,19 +150,12 @@ def deliver_variants(handful: Path, inbox: Path, n: int) -> dict[str, str]:
         info = PngImagePlugin.PngInfo()
         info.add_text("delivery", str(index))
         name = f"invoice-{index:03d}.png"
-        Image.open(handful / "test" / record.file_name).save(inbox / f".{name}.part", pnginfo=info)
+        Image.open(handful / "test" / record.file_name).save(
+            inbox / f".{name}.part", format="PNG", pnginfo=info
+        )
         (inbox / f".{name}.part").rename(inbox / name)
         expected[name] = record.gt_parse["total"]
     return expected
-
-
-def query(url: str, sql: str, **values):
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as connection:
-            return connection.execute(sa.text(sql), values).all()
-    finally:
-        engine.dispose()
 
 
 def flush_redis(db: int) -> None:
@@ -185,24 +182,13 @@ def test_processing_dag_under_celery_stores_every_invoice_once_when_a_worker_die
     )
     cluster = start_cluster(env, WORKERS)
     try:
-        cluster.wait_until(
-            lambda: query(databases["airflow"], "select 1 from dag where dag_id = 'invoice_processing'"),
-            "invoice_processing parsed",
-        )
-        trigger = subprocess.run(
-            [str(AIRFLOW_BIN / "airflow"), "dags", "trigger", "invoice_processing", "--run-id", "celery-run"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert trigger.returncode == 0, trigger.stdout + trigger.stderr
+        trigger(cluster, "invoice_processing", "celery-run")
 
         ran_on: dict[str, set[str]] = {name: set() for name in WORKERS}
         killed: list[tuple[str, int]] = []
 
         def finished_or_kill():
-            running = query(
+            running = metadata_query(
                 databases["airflow"],
                 "select task_id, map_index, pid from task_instance where run_id = 'celery-run'"
                 " and state = 'running' and pid is not null",
@@ -220,7 +206,9 @@ def test_processing_dag_under_celery_stores_every_invoice_once_when_a_worker_die
                 if on_two:
                     killed.extend(on_two)
                     cluster.kill("worker-2")
-            state = query(databases["airflow"], "select state from dag_run where run_id = 'celery-run'")
+            state = metadata_query(
+                databases["airflow"], "select state from dag_run where run_id = 'celery-run'"
+            )
             return state[0][0] if state and state[0][0] in ("success", "failed") else None
 
         state = cluster.wait_until(finished_or_kill, "the processing run finished", seconds=1500)
@@ -229,7 +217,7 @@ def test_processing_dag_under_celery_stores_every_invoice_once_when_a_worker_die
 
     tries = {
         (task, index): (state_, try_number)
-        for task, index, state_, try_number in query(
+        for task, index, state_, try_number in metadata_query(
             databases["airflow"],
             "select task_id, map_index, state, try_number from task_instance where run_id = 'celery-run'",
         )
