@@ -37,6 +37,7 @@ CELERY_CONCURRENCY ?= 2
 MLFLOW_BACKEND_STORE_URI ?= $(POSTGRES_URL)/invoice_mlflow
 MLFLOW_ARTIFACTS_DESTINATION ?= $(CURDIR)/var/mlflow/artifacts
 MLFLOW_ARTIFACTS = --artifacts-destination $(MLFLOW_ARTIFACTS_DESTINATION) --serve-artifacts
+PROFILE_SUMMARY = : PostgreSQL $(POSTGRES_URL); Celery $(CELERY_WORKER_NAMES) via $(REDIS_URL); BentoML $(INVOICE_WORKERS) workers
 PROFILE_DATABASES = $(POSTGRES_URL)/invoice_airflow $(MLFLOW_BACKEND_STORE_URI) $(INVOICE_RESULTS_URL)
 AIRFLOW_EXECUTOR := CeleryExecutor
 export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN ?= $(POSTGRES_URL)/invoice_airflow
@@ -228,7 +229,7 @@ up: setup $(AIRFLOW_JWT_SECRET_FILE) $(LABEL_STUDIO_HOME)/token $(LABEL_STUDIO_H
 	for c in $(CELERY_WORKER_NAMES); do for i in $$(seq 90); do grep -q "$$c@.* ready" var/log/airflow-$$c.log && break; sleep 1; done; \
 	  grep -q "$$c@.* ready" var/log/airflow-$$c.log || { tail -n 20 var/log/airflow-$$c.log; exit 1; }; echo "Celery $$c ready"; done
 	@echo "Airflow UI: $(AIRFLOW_URL)  (login admin / $(AIRFLOW_PASSWORD); DAGs from dags/, AIRFLOW_HOME var/airflow)"
-	@echo; echo "services:"; \
+	@echo; echo "services ($(PROFILE) profile$(PROFILE_SUMMARY)):"; \
 	echo "  MLflow UI   http://127.0.0.1:$(MLFLOW_PORT)"; \
 	echo "  Airflow UI  $(AIRFLOW_URL)  (login admin / $(AIRFLOW_PASSWORD))"; \
 	echo "  BentoML     http://127.0.0.1:$(BENTO_PORT)  (Swagger UI; POST /extract, OpenAPI at /docs.json)"; \

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -192,7 +193,19 @@ def _checkpoint_path(output: Path) -> Path:
     return output / "checkpoint" / "last.pt"
 
 
-def save_checkpoint(output: Path, model, optimizer, scheduler, state: TrainState) -> None:
+# What may differ between a run and its resumption: where it is kept and how long it may take.
+RESUMABLE_CHANGES = ("output", "max_minutes")
+
+
+def _identity(config: TrainConfig) -> dict[str, Any]:
+    """The configuration a checkpoint belongs to, as stored in it."""
+    settings = json.loads(json.dumps(asdict(config), default=str))
+    return {k: v for k, v in settings.items() if k not in RESUMABLE_CHANGES}
+
+
+def save_checkpoint(
+    output: Path, model, optimizer, scheduler, state: TrainState, config: TrainConfig
+) -> None:
     path = _checkpoint_path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -205,17 +218,27 @@ def save_checkpoint(output: Path, model, optimizer, scheduler, state: TrainState
             "torch_rng": torch.get_rng_state(),
             "python_rng": random.getstate(),
             "numpy_rng": np.random.get_state(),
+            "config": _identity(config),
         },
         tmp,
     )
     tmp.replace(path)  # a crash mid-save keeps the previous checkpoint
 
 
-def load_checkpoint(output: Path, model, optimizer, scheduler) -> TrainState | None:
+def load_checkpoint(output: Path, model, optimizer, scheduler, config: TrainConfig) -> TrainState | None:
+    """Restore the checkpoint in `output` when it belongs to this configuration and model; otherwise (another
+    configuration, data that built another vocabulary) None: the run starts afresh and says why."""
     path = _checkpoint_path(output)
     if not path.exists():
         return None
     saved = torch.load(path, map_location="cpu", weights_only=False)
+    before, now = saved.get("config", {}), _identity(config)
+    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    shapes = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    if changed or shapes != {name: tuple(tensor.shape) for name, tensor in saved["model"].items()}:
+        reason = f"configuration changed ({', '.join(changed)})" if changed else "the model's shape changed"
+        print(f"not resuming {path}: {reason}; starting afresh", file=sys.stderr)
+        return None
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
@@ -293,7 +316,7 @@ def train(config: TrainConfig, log: Callback | None = None, progress: bool = Tru
     scheduler = get_cosine_schedule_with_warmup(
         optimizer, min(config.warmup_steps, total_steps // 10), total_steps
     )
-    state = load_checkpoint(output, model, optimizer, scheduler) or TrainState()
+    state = load_checkpoint(output, model, optimizer, scheduler, config) or TrainState()
     (output / "config.json").parent.mkdir(parents=True, exist_ok=True)
     (output / "config.json").write_text(json.dumps(asdict(config), indent=2, default=str))
 
@@ -377,11 +400,11 @@ def train(config: TrainConfig, log: Callback | None = None, progress: bool = Tru
                 if stopped_early:
                     break
             if state.step % config.checkpoint_every == 0:
-                save_checkpoint(output, model, optimizer, scheduler, state)
+                save_checkpoint(output, model, optimizer, scheduler, state, config)
         if state.batch_in_epoch >= len(batches):
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
     bar.close()
-    save_checkpoint(output, model, optimizer, scheduler, state)
+    save_checkpoint(output, model, optimizer, scheduler, state, config)
     save_model(model, processor, output / "last")
     if not (output / "best").exists():
         save_model(model, processor, output / "best")

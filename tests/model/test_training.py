@@ -84,6 +84,11 @@ def test_resume_from_checkpoint_gives_the_same_next_loss(handful, train_config, 
         expected[4], abs=1e-6
     )
 
+    # another configuration in the same folder does not pick up that run's checkpoint: it starts afresh
+    losses.clear()
+    changed = TrainConfig(**{**config.__dict__, "max_steps": 2, "learning_rate": 5e-4})
+    assert train(changed, log=record, progress=False)["steps"] == 2 and sorted(losses) == [1, 2]
+
 
 def _history(output: Path) -> list[dict]:
     import torch
