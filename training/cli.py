@@ -250,6 +250,14 @@ def pretrain_cmd(
         float | None, typer.Option(help="Stop after this many minutes (resumable).")
     ] = None,
     export_to: Annotated[str | None, typer.Option(help="Where the base checkpoint and card go.")] = None,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            help="Continue from this base reader (e.g. training/base) with field extraction and band reading "
+            "mixed, instead of starting a fresh model: CPU sessions add up."
+        ),
+    ] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
 ) -> None:
     """Reproduce the base reader: synthetic pages, tokenizer, reading curriculum, held-out evaluation, export."""
     from dataclasses import replace
@@ -260,7 +268,13 @@ def pretrain_cmd(
 
     config = from_section(PretrainConfig, load_params("pretrain"))
     config = config.smoke() if smoke else config
-    overrides = {"max_steps": max_steps, "max_minutes": max_minutes, "export_to": export_to}
+    overrides = {
+        "max_steps": max_steps,
+        "max_minutes": max_minutes,
+        "export_to": export_to,
+        "learning_rate": learning_rate,
+        **({"init": init, "crop_steps": 0, "warmup_steps": 20} if init else {}),  # its band stage is done
+    }
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     console.print(
         f"tracking to {use_tracking()}; pretraining into {config.output}, exporting to {config.export_to}"

@@ -58,6 +58,9 @@ class PretrainConfig:
     checkpoint_every: int = 100
     vocab_size: int = 2000
     max_length: int | None = None  # decoder positions; None keeps the preset's
+    init: str | None = (
+        None  # a base reader to continue from (its weights and tokenizer) instead of a fresh model
+    )
 
     @property
     def layouts(self) -> tuple[str, ...]:
@@ -87,6 +90,7 @@ class PretrainConfig:
             data=str(Path(self.output) / "data"),
             output=str(Path(self.output) / "run"),
             preset="tiny",
+            base=self.init,
             max_steps=self.max_steps,
             max_minutes=self.max_minutes,
             batch_size=self.batch_size,
@@ -190,9 +194,24 @@ def _verdict(held_out: dict[str, Any]) -> str:
     )
 
 
+def _how_it_was_made(base: Path) -> str | None:
+    """The "How it was made" lines of a base reader's card (None without a card), so that a continued
+    checkpoint's card keeps its whole history."""
+    card = base / "README.md"
+    if not card.exists():
+        return None
+    section = card.read_text(encoding="utf-8").split("## How it was made", 1)[-1]
+    return section.split("\n## ", 1)[0].strip("\n")
+
+
 def model_card(config: PretrainConfig, summary: dict[str, Any]) -> str:
     """The base checkpoint's README: how it was made and what it measured."""
     held_out, seen = summary["holdout_scores"], summary["validation_scores"]
+    earlier = (
+        f"\n### Before that: the checkpoint it continued from ({config.init})\n{summary['earlier']}"
+        if summary.get("earlier")
+        else ""
+    )
     return f"""# Invoice Donut base reader
 
 A tiny Donut (transformers' `VisionEncoderDecoderModel`: DonutSwin encoder, MBart decoder;
@@ -210,7 +229,7 @@ patch {summary["patch_size"]}) trained from scratch on synthetic invoices by `ma
   with every {config.crop_every}th step a band-reading step; {summary["steps"]} steps in all,
   AdamW {config.learning_rate}, cosine schedule, {"bf16 autocast" if summary["bf16"] else "fp32 (no bf16 on this hardware)"}
 - Hardware: {summary["hardware"]}; {summary["minutes"]:.0f} minutes of training
-
+{earlier}
 ## Measured accuracy (exact match per field, greedy decoding)
 {_verdict(held_out)}
 
@@ -242,6 +261,7 @@ def pretrain(config: PretrainConfig, command: str, progress: bool = True) -> dic
     from training.versioning import git_commit
 
     commit = git_commit()  # the code that trains, before anything else is committed meanwhile
+    earlier = _how_it_was_made(Path(config.init)) if config.init else None
     _, holdout = generate_pages(config)
     train_config = config.train_config()
     started = time.perf_counter()
@@ -268,6 +288,7 @@ def pretrain(config: PretrainConfig, command: str, progress: bool = True) -> dic
         "bf16": hardware.bf16_supported(),
         "holdout_scores": holdout_scores,
         "validation_scores": result["scores"],
+        "earlier": earlier,
     }
     size_mb = export_base(model_dir, Path(config.export_to), model_card(config, summary))
     (Path(config.export_to) / "scores.json").write_text(

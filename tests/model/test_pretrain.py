@@ -109,6 +109,28 @@ def test_make_pretrain_smoke_exports_a_base_that_loads(tmp_path):
     assert processor.image_processor.size == {"height": 960, "width": 720}
     assert processor.tokenizer.convert_tokens_to_ids("<s_reading>") != processor.tokenizer.unk_token_id
 
+    # a later session continues from that base: its weights and vocabulary, the card keeping the history
+    continued = subprocess.run(
+        [
+            "invoice",
+            "model",
+            "pretrain",
+            "--smoke",
+            "--init",
+            str(base),
+            "--export-to",
+            str(tmp_path / "next"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert continued.returncode == 0, continued.stderr[-3000:]
+    card = (tmp_path / "next" / "README.md").read_text()
+    assert f"continued from ({base})" in card and result["run_id"] in card.split("### Before that")[1]
+    assert (tmp_path / "next" / "tokenizer.json").read_bytes() == (base / "tokenizer.json").read_bytes()
+
 
 @pytest.fixture(scope="module")
 def fresh_invoices(tmp_path_factory) -> list:
