@@ -55,6 +55,10 @@ def mlflow_postgres(databases, tmp_path_factory):
     process, url = start_mlflow(tmp_path_factory.mktemp("mlflow-pg"), databases["mlflow"])
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = url
+    # this process's MLflow (tracking and registry) too: an earlier module's server may still be set in it
+    from training.tracking import use_tracking
+
+    use_tracking()
     yield url
     os.environ.pop("MLFLOW_TRACKING_URI") if previous is None else os.environ.update(
         MLFLOW_TRACKING_URI=previous
@@ -96,7 +100,7 @@ def test_mlflow_on_postgresql_keeps_runs_registry_and_aliases(trained, mlflow_po
     import mlflow
     from training import registry
 
-    client = mlflow.MlflowClient(mlflow_postgres)
+    client = mlflow.MlflowClient(mlflow_postgres, registry_uri=mlflow_postgres)
     run = client.get_run(trained["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["preset"] == "tiny" and "final_f1" in run.data.metrics
