@@ -1246,16 +1246,20 @@ def bench_cluster(invoices: int = 200, new_tokens: int = 60) -> str:
     local, one, two = (runs[name]["seconds"] for name in ("local", "celery-1", "celery-2"))
     busy = max(run["cpu_busy"] for run in runs.values())
     wait = {name: runs[name]["queue_wait"] for name in runs}
+    two_slots = runs["celery-2"]["task_seconds"] / (runs["celery-2"]["seconds"] * slots["celery-2"])
     limit = (
         f"the {os.cpu_count()} cores (busy {busy:.0%}): the service's forward passes, the render and route tasks "
         "and every Airflow process share them, so a second worker on the same machine adds task slots, not CPU."
         if busy >= 0.9
-        else f"not the CPU (busy {busy:.0%} at most) but getting tasks to run: a mapped task waits "
-        f"{wait['celery-2']:.1f} s on average from queued to running under Celery with two workers, "
-        f"{wait['celery-1']:.1f} s with one, {wait['local']:.1f} s under the LocalExecutor, against "
-        f"{runs['celery-2']['task_seconds'] / runs['celery-2']['tasks']:.1f} s of work per task; each Celery task "
-        "also starts in a fresh interpreter on its worker. Larger batches (`docs_per_task`) cut the number of "
-        "tasks; on separate machines the service and each worker bring their own cores."
+        else f"neither the CPU (busy {busy:.0%} at most) nor the number of slots: under Celery with two workers "
+        f"the slots are busy {two_slots:.0%} of the run, and a queued task starts within "
+        f"{wait['celery-2']:.1f} s ({wait['celery-1']:.1f} s with one worker, {wait['local']:.1f} s under the "
+        "LocalExecutor). The idle slot time lies between tasks, outside their measured durations: the "
+        "scheduler turning a finished task into queued successors, and each Celery task starting a fresh "
+        f"interpreter on its worker, paid {runs['celery-2']['tasks']} times for "
+        f"{runs['celery-2']['task_seconds'] / runs['celery-2']['tasks']:.1f} s of work per task. Fewer, larger "
+        "batches (`docs_per_task`) pay it less often; on separate machines the service and each worker bring "
+        "their own cores."
     )
     return f"""## Processing: LocalExecutor against one and two Celery workers
 
