@@ -208,7 +208,7 @@ def model_card(config: PretrainConfig, summary: dict[str, Any]) -> str:
     """The base checkpoint's README: how it was made and what it measured."""
     held_out, seen = summary["holdout_scores"], summary["validation_scores"]
     earlier = (
-        f"\n### Before that: the checkpoint it continued from ({config.init})\n{summary['earlier']}"
+        f"\n### Before that: the checkpoint it continued from ({config.init})\n{summary['earlier']}\n"
         if summary.get("earlier")
         else ""
     )
