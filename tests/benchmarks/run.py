@@ -1124,7 +1124,7 @@ def _scheduled_run(
     seconds from Airflow's own start and end stamps and where its documents ended."""
     import psutil
     import yaml
-    from airflow_runs import celery_env, metadata_query, run_state, start_cluster, trigger
+    from airflow_runs import celery_env, empty_broker, metadata_query, run_state, start_cluster, trigger
     from services import postgres_database
 
     from training import results
@@ -1142,16 +1142,11 @@ def _scheduled_run(
         postgres_database("invoice_bench_airflow") as metadata,
         postgres_database("invoice_bench_results") as results_url,
     ):
-        subprocess.run(
-            [str(REPO_ROOT / ".venvs" / "airflow" / "bin" / "python"), "-c",
-             "import redis; redis.Redis(db=14).flushdb()"],
-            check=True,
-        )  # fmt: skip
         env = celery_env(
             root / f"home-{name}",
             project,
             metadata,
-            "redis://127.0.0.1:6379/14",
+            empty_broker(14),
             AIRFLOW__CORE__EXECUTOR=executor,
             AIRFLOW__CORE__PARALLELISM=str(CLUSTER_SLOTS),
             INVOICE_SERVICE_URL=url,

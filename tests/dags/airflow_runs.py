@@ -225,6 +225,15 @@ class Cluster:
                 self.kill(name)
 
 
+def empty_broker(db: int) -> str:
+    """The URL of Redis database `db` on this machine, emptied first (no queued message of an earlier run),
+    with the redis client of Airflow's environment."""
+    subprocess.run(
+        [str(AIRFLOW_BIN / "python"), "-c", f"import redis; redis.Redis(db={db}).flushdb()"], check=True
+    )
+    return f"redis://127.0.0.1:6379/{db}"
+
+
 def celery_env(home: Path, project: Path, metadata_url: str, broker_url: str, **extra: str) -> dict[str, str]:
     """`airflow_env` for a Celery cluster: PostgreSQL metadata and result backend, the broker, its own
     api-server port and JWT secret, and failure detection quick enough for a test (a task whose worker died

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from airflow_runs import (
-    AIRFLOW_BIN,
     TRAIN,
     celery_env,
+    empty_broker,
     make_project,
     memorisable_dataset,
     metadata_query,
@@ -162,24 +162,15 @@ def deliver_variants(handful: Path, inbox: Path, n: int) -> dict[str, str]:
     return expected
 
 
-def flush_redis(db: int) -> None:
-    """Empty one Redis database (the broker's queues) with the redis client of Airflow's environment."""
-    subprocess.run(
-        [str(AIRFLOW_BIN / "python"), "-c", f"import redis; redis.Redis(db={db}).flushdb()"], check=True
-    )
-
-
 def test_processing_dag_under_celery_stores_every_invoice_once_when_a_worker_dies(
     project, handful, service, mlflow_postgres, databases, tmp_path
 ):
     expected = deliver_variants(handful, project / "var" / "processing" / "inbox", INVOICES)
-    redis_db = 1 + secrets.randbelow(15)
-    flush_redis(redis_db)
     env = celery_env(
         tmp_path / "airflow",
         project,
         databases["airflow"],
-        f"redis://127.0.0.1:6379/{redis_db}",
+        empty_broker(1 + secrets.randbelow(15)),
         INVOICE_SERVICE_URL=service,
         INVOICE_RESULTS_URL=databases["results"],
         MLFLOW_TRACKING_URI=mlflow_postgres,
