@@ -58,9 +58,8 @@ class PretrainConfig:
     checkpoint_every: int = 100
     vocab_size: int = 2000
     max_length: int | None = None  # decoder positions; None keeps the preset's
-    init: str | None = (
-        None  # a base reader to continue from (its weights and tokenizer) instead of a fresh model
-    )
+    # a base reader to continue from (its weights and tokenizer) instead of a fresh model
+    init: str | None = None
 
     @property
     def layouts(self) -> tuple[str, ...]:

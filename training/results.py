@@ -4,7 +4,7 @@ A document moves `pending` -> `extracted` -> `stored` | `review`, or to `quarant
 and `extracted` are the retryable states a failed run leaves behind. Every write is an upsert on the sha256,
 so re-running any step never stores a document twice. SQLite by default, any SQLAlchemy URL (PostgreSQL)
 by configuration; torch-free, so Airflow's environment runs it. The schema is Alembic's
-(training/migrations/): `connect` brings a database to the newest revision, `invoice results migrate` too.
+(training/migrations/): `connect` brings a database to the newest revision, `invoice db migrate` too.
 """
 
 from __future__ import annotations

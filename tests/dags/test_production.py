@@ -21,6 +21,7 @@ from airflow_runs import (
     make_project,
     memorisable_dataset,
     metadata_query,
+    run_state,
     start_cluster,
     trigger,
 )
@@ -201,10 +202,7 @@ def test_processing_dag_under_celery_stores_every_invoice_once_when_a_worker_die
                 if on_two:
                     killed.extend(on_two)
                     cluster.kill("worker-2")
-            state = metadata_query(
-                databases["airflow"], "select state from dag_run where run_id = 'celery-run'"
-            )
-            return state[0][0] if state and state[0][0] in ("success", "failed") else None
+            return run_state(cluster, "celery-run")
 
         state = cluster.wait_until(finished_or_kill, "the processing run finished", seconds=1500)
     finally:
