@@ -250,8 +250,8 @@ def _digit_canvases(count: int, side: int, seed: int):
 
 
 def reading_probe(head: str, tokenizer, steps: int = 300, batch_size: int = 32) -> dict[str, float]:
-    """Train the tiny widths' encoder (two stages, 160x160: 100 output tokens, as many as a page band has
-    per window) to name the digit on a canvas, through `head`: a linear layer on the max or the mean of the
+    """Train the tiny widths' encoder (two stages, 160x160: 100 output tokens, one Swin window) to name the
+    digit on a canvas, through `head`: a linear layer on the max or the mean of the
     encoder's tokens, or the MBart decoder's cross-attention (the Donut as `build_model` makes it).
     Returns the mean loss of the last 50 steps and the held-out accuracy (chance: 0.10)."""
     import torch
@@ -310,8 +310,7 @@ def bench_probe() -> str:
         "mean": "encoder, mean over its tokens, linear layer",
         "decoder": "Donut: encoder, MBart decoder (cross-attention), as `build_model` makes it",
     }
-
-    tokenizer = load_tokenizer(BASE_DIR)  # the shipped base reader's vocabulary: digits are single tokens
+    tokenizer = load_tokenizer(BASE_DIR)  # the shipped base reader's vocabulary: a digit is '▁' and itself
     results = {head: reading_probe(head, tokenizer) for head in heads}
     rows = "\n".join(
         f"| {label} | {results[head]['loss']:.2f} | {results[head]['accuracy']:.2f} |"
