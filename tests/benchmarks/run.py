@@ -251,9 +251,9 @@ def _digit_canvases(count: int, side: int, seed: int):
 
 def reading_probe(head: str, tokenizer, steps: int = 300, batch_size: int = 32) -> dict[str, float]:
     """Train the tiny widths' encoder (two stages, 160x160: 100 output tokens, one Swin window) to name the
-    digit on a canvas, through `head`: a linear layer on the max or the mean of the
-    encoder's tokens, or the MBart decoder's cross-attention (the Donut as `build_model` makes it).
-    Returns the mean loss of the last 50 steps and the held-out accuracy (chance: 0.10)."""
+    digit on a canvas, through `head`: a linear layer on the max or the mean of the encoder's tokens, or the
+    MBart decoder's cross-attention (the Donut as `build_model` makes it). Returns the mean loss of the last
+    50 steps and the held-out accuracy (chance: 0.10)."""
     import torch
 
     from training.hardware import autocast
@@ -264,6 +264,7 @@ def reading_probe(head: str, tokenizer, steps: int = 300, batch_size: int = 32) 
     config = PRESETS["tiny"].with_overrides(
         image_size=(160, 160), depths=(2, 4), num_heads=(3, 6), embed_dim=96
     )
+    side = config.image_size[0]
     model, _ = build_model(config, tokenizer)
     classifier = torch.nn.Linear(model.encoder.config.hidden_size, 10)
     optimizer = torch.optim.AdamW([*model.parameters(), *classifier.parameters()], lr=1e-3)
@@ -286,14 +287,14 @@ def reading_probe(head: str, tokenizer, steps: int = 300, batch_size: int = 32) 
     losses = []
     for step in range(steps):
         with autocast():
-            loss, _ = outputs(*_digit_canvases(batch_size, 160, seed=step))
+            loss, _ = outputs(*_digit_canvases(batch_size, side, seed=step))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         losses.append(loss.item())
     model.eval()
     with torch.no_grad(), autocast():
-        _, right = outputs(*_digit_canvases(256, 160, seed=10**6))
+        _, right = outputs(*_digit_canvases(256, side, seed=10**6))
     return {"loss": sum(losses[-50:]) / 50, "accuracy": right.float().mean().item()}
 
 
