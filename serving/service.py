@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import anyio
 import bentoml
 from PIL.Image import Image
@@ -371,7 +372,12 @@ class InvoiceService:
         # decoding a page as PNG costs ~40 ms, as uncompressed PPM ~6 ms.
         for page in pages:
             page.format = "PPM"
-        results = await self.reader.to_async.read(pages)
+        try:
+            results = await self.reader.to_async.read(pages)
+        except aiohttp.ClientConnectionError:
+            # A kept-alive connection to the reader closed as this request went out: reading is idempotent, so
+            # send it again once on a fresh connection rather than fail the invoice.
+            results = await self.reader.to_async.read(pages)
         if any("error" in result for result in results):
             REJECTED.labels(reason="not_ready").inc()
             ctx.response.status_code = 503
