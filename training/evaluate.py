@@ -97,7 +97,8 @@ def field_correct(name: str, predicted: Any, expected: Any) -> bool:
 # ---------------------------------------------------------------- Donut's tree edit distance
 
 
-def _edit_distance(a: str, b: str) -> int:
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance of two strings (characters inserted, removed or replaced)."""
     previous = list(range(len(b) + 1))
     for i, char_a in enumerate(a, 1):
         current = [i]
@@ -133,7 +134,7 @@ def _insert_remove_cost(node: zss.Node) -> int:
 def _update_cost(a: zss.Node, b: zss.Node) -> int:
     text_a, text_b = _leaf(a.label), _leaf(b.label)
     if text_a is not None and text_b is not None:
-        return _edit_distance(text_a, text_b)
+        return edit_distance(text_a, text_b)
     if text_a is not None or text_b is not None:
         return _insert_remove_cost(a) + _insert_remove_cost(b)
     return int(a.label != b.label)

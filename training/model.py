@@ -43,6 +43,9 @@ class ModelConfig:
     decoder_heads: int = 4
     decoder_ffn_dim: int = 1024
     max_length: int = 1024
+    # Fixed 2D sine-cosine codes added to the encoder's output tokens. Swin's tokens carry no absolute position,
+    # so without them the decoder cannot tell which of two alike regions comes first (e.g. in reading order).
+    grid_positions: bool = True
 
     def with_overrides(self, **overrides: Any) -> ModelConfig:
         known = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if v is not None}
@@ -75,6 +78,44 @@ def image_processor(image_size: tuple[int, int]) -> DonutImageProcessorPil:
     )
 
 
+def grid_position_codes(height: int, width: int, dim: int) -> torch.Tensor:
+    """(height * width, dim) fixed codes in row-major token order: half the channels a sine-cosine code of the
+    row, half of the column, at wavelengths from 2 pi to 200 pi tokens."""
+    quarter = dim // 4
+    frequencies = 100.0 ** (-torch.arange(quarter) / quarter)
+
+    def code(length: int) -> torch.Tensor:
+        angles = torch.arange(length)[:, None] * frequencies
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    rows = code(height)[:, None].expand(height, width, 2 * quarter)
+    columns = code(width)[None].expand(height, width, 2 * quarter)
+    codes = torch.cat([rows, columns], dim=-1).reshape(height * width, 4 * quarter)
+    return torch.nn.functional.pad(codes, (0, dim - 4 * quarter))
+
+
+def encoder_grid(config: DonutSwinConfig, height: int, width: int) -> tuple[int, int, int]:
+    """(rows, columns, stride in pixels) of the encoder's output tokens for a `height` x `width` image."""
+    stride = config.patch_size * 2 ** (len(config.depths) - 1)
+    return -(-height // stride), -(-width // stride), stride  # Swin pads odd grids
+
+
+def _add_grid_positions(encoder: DonutSwinModel, args: tuple, kwargs: dict, output: Any) -> Any:
+    """Forward hook of the encoder: its output tokens plus their grid position codes."""
+    pixels = kwargs["pixel_values"] if "pixel_values" in kwargs else args[0]
+    height, width, _ = encoder_grid(encoder.config, *pixels.shape[-2:])
+    tokens = output.last_hidden_state
+    codes = grid_position_codes(height, width, tokens.shape[-1]).to(tokens.device, tokens.dtype)
+    output.last_hidden_state = tokens + codes
+    return output
+
+
+def _attach_grid_positions(model: VisionEncoderDecoderModel) -> None:
+    """Add the position codes to the encoder's output when its config asks for them (saved in config.json)."""
+    if getattr(model.encoder.config, "grid_positions", False):
+        model.encoder.register_forward_hook(_add_grid_positions, with_kwargs=True)
+
+
 def _configure_generation(model: VisionEncoderDecoderModel, tokenizer, max_length: int) -> None:
     model.config.decoder_start_token_id = tokenizer.convert_tokens_to_ids(TASK_TOKENS["invoice"])
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -95,6 +136,7 @@ def build_model(config: ModelConfig, tokenizer) -> tuple[VisionEncoderDecoderMod
             depths=list(config.depths),
             num_heads=list(config.num_heads),
             window_size=config.window_size,
+            grid_positions=config.grid_positions,
         )
     )
     decoder = MBartForCausalLM(
@@ -116,6 +158,7 @@ def build_model(config: ModelConfig, tokenizer) -> tuple[VisionEncoderDecoderMod
         )
     )
     model = VisionEncoderDecoderModel(encoder=encoder, decoder=decoder)
+    _attach_grid_positions(model)
     _configure_generation(model, tokenizer, config.max_length)
     return model, DonutProcessor(image_processor=image_processor(config.image_size), tokenizer=tokenizer)
 
@@ -135,6 +178,7 @@ def load_pretrained(name_or_path: str | Path) -> tuple[VisionEncoderDecoderModel
     source = str(name_or_path)
     tokenizer = load_tokenizer(source)
     model = VisionEncoderDecoderModel.from_pretrained(source)
+    _attach_grid_positions(model)
     if model.decoder.get_input_embeddings().num_embeddings < len(tokenizer):
         model.decoder.resize_token_embeddings(len(tokenizer))
     processor_image = DonutProcessor.from_pretrained(source).image_processor
@@ -216,6 +260,7 @@ def _infer_donut_python_config(state: dict[str, torch.Tensor], settings: dict[st
         decoder_heads=settings.get("decoder_attention_heads", 16),
         decoder_ffn_dim=state["decoder.model.model.decoder.layers.0.fc1.weight"].shape[0],
         max_length=state["decoder.model.model.decoder.embed_positions.weight"].shape[0] - 2,
+        grid_positions=False,  # Donut's own encoder has none
     )
 
 

@@ -24,8 +24,9 @@ from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from training.evaluate import Example, load_examples, mean_field_accuracy, score
+from training.guidance import ReadingGuide, guide_targets, token_boxes
 from training.hardware import autocast, device
-from training.model import PRESETS, ModelConfig, build_model, load_pretrained, save_model
+from training.model import PRESETS, ModelConfig, build_model, encoder_grid, load_pretrained, save_model
 from training.predict import predict
 from training.tokenizer import TASK_TOKENS, build_tokenizer, json2token, label_corpus, load_tokenizer
 
@@ -68,6 +69,9 @@ class TrainConfig:
     crop_every: int = 0
     crop_height: int = 320  # a multiple of 32 x window size, so the Swin's last stage still fills a window
     crop_batch_size: int = 12
+    # Band steps also train where the decoder looks and what each encoder token shows (training/guidance.py).
+    attention_guidance: float = 1.0
+    glyph_guidance: float = 1.0
     max_minutes: float | None = None  # stop (checkpointed, resumable) after this much training time
 
     def model_config(self) -> ModelConfig:
@@ -112,42 +116,65 @@ class InvoicePages(Dataset):
 
     def sequence(self, task: str, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         """`(decoder_input_ids, labels)`: the input starts with the task token, the labels end with `</s>`."""
+        return self.wrap(task, self.processor.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def wrap(self, task: str, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`sequence` of text already tokenised."""
         tokenizer = self.processor.tokenizer
-        ids = tokenizer(text, add_special_tokens=False).input_ids[: self.max_length - 2]
+        ids = ids[: self.max_length - 2]
         start = tokenizer.convert_tokens_to_ids(TASK_TOKENS[task])
         return torch.tensor([start, *ids]), torch.tensor([*ids, tokenizer.eos_token_id])
 
-    def crop(self, index: int, height: int, rng: random.Random) -> tuple[torch.Tensor, str] | None:
-        """A band of `height` pixel rows of the preprocessed page starting at a random line, and the text of
-        the lines entirely inside it; the rows below the last of them are blanked. None without line boxes."""
+    def crop(self, index: int, height: int, rng: random.Random) -> tuple[torch.Tensor, list] | None:
+        """A band of `height` pixel rows of the preprocessed page starting at a random line, and the lines
+        entirely inside it as (top, left, bottom, right, text) in band pixels; the rows below the last of them
+        are blanked. None without line boxes."""
         lines = self.examples[index].meta.get("lines")
         if not lines:
             return None
         page = self.pixels(index)
-        scale, top_pad = self.placement(index)
-        boxes = [(top * scale + top_pad, bottom * scale + top_pad, text) for top, _, bottom, _, text in lines]
+        scale, top_pad, left_pad = self.placement(index)
+        boxes = [
+            (
+                top * scale + top_pad,
+                left * scale + left_pad,
+                bottom * scale + top_pad,
+                right * scale + left_pad,
+                text,
+            )
+            for top, left, bottom, right, text in lines
+        ]
         first = rng.randrange(len(boxes))
         start = max(0, min(int(boxes[first][0]) - 2, page.shape[1] - height))
         inside = [
-            (top, bottom, text) for top, bottom, text in boxes if top >= start and bottom <= start + height
+            (top - start, left, bottom - start, right, text)
+            for top, left, bottom, right, text in boxes
+            if top >= start and bottom <= start + height
         ]
         band = page[:, start : start + height].clone()
-        blank_from = int(max((bottom for _, bottom, _ in inside), default=start) - start) + 2
+        blank_from = int(max((line[2] for line in inside), default=0)) + 2
         if blank_from < height:
             band[:, blank_from:] = band[:, blank_from:].flatten(1).median(dim=1).values[:, None, None]
-        return band, "\n".join(text for _, _, text in inside)
+        return band, inside
 
-    def placement(self, index: int) -> tuple[float, int]:
-        """How the processor placed page `index`: its scale and the padding above it (it pads evenly)."""
+    def placement(self, index: int) -> tuple[float, int, int]:
+        """How the processor placed page `index`: its scale and the padding above and left of it (it pads
+        evenly)."""
         size = self.processor.image_processor.size
         with Image.open(self.examples[index].image) as image:
             page_width, page_height = image.size
         scale = min(size["height"] / page_height, size["width"] / page_width)
-        return scale, (size["height"] - round(page_height * scale)) // 2
+        return (
+            scale,
+            (size["height"] - round(page_height * scale)) // 2,
+            (size["width"] - round(page_width * scale)) // 2,
+        )
 
-    def collate(self, pixels: list[torch.Tensor], targets: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
+    def collate(
+        self, pixels: list[torch.Tensor], sequences: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> dict[str, torch.Tensor]:
         """Normalise pixels as Donut's processor does ((x/255 - 0.5) / 0.5) and pad the sequences."""
-        inputs, labels = zip(*(self.sequence(task, text) for task, text in targets), strict=True)
+        inputs, labels = zip(*sequences, strict=True)
         pad = self.processor.tokenizer.pad_token_id
         return {
             "pixel_values": torch.stack(pixels).float().div_(127.5).sub_(1.0),
@@ -156,15 +183,31 @@ class InvoicePages(Dataset):
         }
 
     def batch(self, indices: list[int], task: str) -> dict[str, torch.Tensor]:
-        return self.collate([self.pixels(i) for i in indices], [self.target(i, task) for i in indices])
+        sequences = [self.sequence(*self.target(i, task)) for i in indices]
+        return self.collate([self.pixels(i) for i in indices], sequences)
 
-    def crop_batch(self, size: int, height: int, rng: random.Random) -> dict[str, torch.Tensor] | None:
-        """`size` bands from random pages with line boxes; None when no page has them."""
+    def crop_batch(
+        self, size: int, height: int, rng: random.Random, encoder_config
+    ) -> dict[str, torch.Tensor] | None:
+        """`size` bands from random pages with line boxes, with their guidance targets (`where` the decoder
+        should look for each label, which token each encoder token shows: see `guide_targets`); None when no
+        page has line boxes."""
         candidates = [i for i, e in enumerate(self.examples) if e.meta.get("lines")]
         if not candidates:
             return None
+        tokenizer = self.processor.tokenizer
         crops = [self.crop(rng.choice(candidates), height, rng) for _ in range(size)]
-        return self.collate([band for band, _ in crops], [("reading", text) for _, text in crops])
+        placed = [token_boxes(tokenizer, lines) for _, lines in crops]
+        batch = self.collate([band for band, _ in crops], [self.wrap("reading", ids) for ids, _ in placed])
+        rows, cols, stride = encoder_grid(encoder_config, height, crops[0][0].shape[-1])
+        length = batch["labels"].shape[1]
+        targets = [
+            guide_targets(boxes, ids, (rows, cols), stride, length, tokenizer.pad_token_id)
+            for ids, boxes in placed
+        ]
+        batch["where"] = torch.stack([where for where, _ in targets])
+        batch["glyphs"] = torch.stack([glyphs for _, glyphs in targets])
+        return batch
 
 
 def seed_everything(seed: int) -> None:
@@ -204,7 +247,7 @@ def _identity(config: TrainConfig) -> dict[str, Any]:
 
 
 def save_checkpoint(
-    output: Path, model, optimizer, scheduler, state: TrainState, config: TrainConfig
+    output: Path, model, optimizer, scheduler, state: TrainState, config: TrainConfig, guide=None
 ) -> None:
     path = _checkpoint_path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -212,6 +255,7 @@ def save_checkpoint(
     torch.save(
         {
             "model": model.state_dict(),
+            "guide": guide.state_dict() if guide is not None else None,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "state": asdict(state),
@@ -225,7 +269,9 @@ def save_checkpoint(
     tmp.replace(path)  # a crash mid-save keeps the previous checkpoint
 
 
-def load_checkpoint(output: Path, model, optimizer, scheduler, config: TrainConfig) -> TrainState | None:
+def load_checkpoint(
+    output: Path, model, optimizer, scheduler, config: TrainConfig, guide=None
+) -> TrainState | None:
     """Restore the checkpoint in `output` when it belongs to this configuration and model; otherwise (another
     configuration, data that built another vocabulary) None: the run starts afresh and says why."""
     path = _checkpoint_path(output)
@@ -240,6 +286,8 @@ def load_checkpoint(output: Path, model, optimizer, scheduler, config: TrainConf
         print(f"not resuming {path}: {reason}; starting afresh", file=sys.stderr)
         return None
     model.load_state_dict(saved["model"])
+    if guide is not None:
+        guide.load_state_dict(saved["guide"])
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["torch_rng"])
@@ -297,6 +345,20 @@ def evaluate_model(
 Callback = Callable[[str, dict[str, Any], int], None]
 
 
+def reading_guide(config: TrainConfig, model) -> ReadingGuide | None:
+    """The guidance losses' module when the curriculum has band steps to guide; the decoder then computes its
+    attention weights explicitly (eager), since the fused kernels do not return them."""
+    if not (config.crop_steps or config.crop_every) or not (
+        config.attention_guidance or config.glyph_guidance
+    ):
+        return None
+    model.decoder.set_attn_implementation("eager")
+    tokenizer_size = model.decoder.get_input_embeddings().num_embeddings
+    return ReadingGuide(model.encoder.config.hidden_size, tokenizer_size, model.config.pad_token_id).to(
+        next(model.parameters()).device
+    )
+
+
 def train(config: TrainConfig, log: Callback | None = None, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) training; `log(kind, values, step)` receives "step" and "eval" metrics as they come."""
     log = log or (lambda kind, values, step: None)
@@ -310,13 +372,13 @@ def train(config: TrainConfig, log: Callback | None = None, progress: bool = Tru
     eval_subset = eval_examples[: config.eval_samples]
     steps_per_epoch = math.ceil(len(dataset) / config.batch_size / config.grad_accum)
     total_steps = config.max_steps or steps_per_epoch * config.epochs
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-    )
+    guide = reading_guide(config, model)
+    parameters = [*model.parameters(), *(guide.parameters() if guide is not None else [])]
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(
         optimizer, min(config.warmup_steps, total_steps // 10), total_steps
     )
-    state = load_checkpoint(output, model, optimizer, scheduler, config) or TrainState()
+    state = load_checkpoint(output, model, optimizer, scheduler, config, guide) or TrainState()
     (output / "config.json").parent.mkdir(parents=True, exist_ok=True)
     (output / "config.json").write_text(json.dumps(asdict(config), indent=2, default=str))
 
@@ -339,7 +401,10 @@ def train(config: TrainConfig, log: Callback | None = None, progress: bool = Tru
             # not advance the epoch over pages.
             crops = (
                 dataset.crop_batch(
-                    config.crop_batch_size, config.crop_height, random.Random(f"{config.seed}:{state.step}")
+                    config.crop_batch_size,
+                    config.crop_height,
+                    random.Random(f"{config.seed}:{state.step}"),
+                    model.encoder.config,
                 )
                 if task == "crops"
                 else None
@@ -352,15 +417,26 @@ def train(config: TrainConfig, log: Callback | None = None, progress: bool = Tru
                     for indices in batches[state.batch_in_epoch : state.batch_in_epoch + config.grad_accum]
                 ]
             )
-            loss_sum = 0.0
+            loss_sum, guidance = 0.0, {}
             for batch in group:
                 batch = {k: v.to(target) for k, v in batch.items()}
+                where, glyphs = batch.pop("where", None), batch.pop("glyphs", None)
+                guided = guide is not None and where is not None
                 with autocast(config.bf16):
-                    loss = model(**batch).loss / len(group)
+                    outputs = model(**batch, output_attentions=guided)
+                    loss = outputs.loss
+                    if guided:
+                        guidance = guide(outputs, where, glyphs, batch["labels"])
+                        loss = (
+                            loss
+                            + config.attention_guidance * guidance["attention"]
+                            + config.glyph_guidance * guidance["glyphs"]
+                        )
+                    loss = loss / len(group)
                 loss.backward()
                 loss_sum += loss.item()
                 window_samples += len(batch["labels"])
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -378,6 +454,7 @@ def train(config: TrainConfig, log: Callback | None = None, progress: bool = Tru
                         f"loss_{task}": loss_sum,  # the curriculum's tasks have losses of their own scale
                         "learning_rate": scheduler.get_last_lr()[0],
                         "samples_per_s": window_samples / elapsed,
+                        **{f"guidance_{name}": value.item() for name, value in guidance.items()},
                     },
                     state.step,
                 )
@@ -389,22 +466,28 @@ def train(config: TrainConfig, log: Callback | None = None, progress: bool = Tru
             ):
                 scores, _ = evaluate_model(model, processor, eval_subset)
                 current = mean_field_accuracy(scores)
-                log("eval", {**scores, "mean_field_accuracy": current}, state.step)
-                if current > state.best_score:
-                    state.best_score, state.evals_without_improvement = current, 0
+                # The model kept is the best at every field, line items too: they are often learnt last.
+                selection = mean_field_accuracy(scores, tuple(scores["per_field"]))
+                log(
+                    "eval",
+                    {**scores, "mean_field_accuracy": current, "selection_accuracy": selection},
+                    state.step,
+                )
+                if selection > state.best_score:
+                    state.best_score, state.evals_without_improvement = selection, 0
                     save_model(model, processor, output / "best")
                 else:
                     state.evals_without_improvement += 1
                 # Stop when patience runs out, or when every field is right: nothing left to learn here.
-                stopped_early = state.evals_without_improvement >= config.patience or current >= 1.0
+                stopped_early = state.evals_without_improvement >= config.patience or selection >= 1.0
                 if stopped_early:
                     break
             if state.step % config.checkpoint_every == 0:
-                save_checkpoint(output, model, optimizer, scheduler, state, config)
+                save_checkpoint(output, model, optimizer, scheduler, state, config, guide)
         if state.batch_in_epoch >= len(batches):
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
     bar.close()
-    save_checkpoint(output, model, optimizer, scheduler, state, config)
+    save_checkpoint(output, model, optimizer, scheduler, state, config, guide)
     save_model(model, processor, output / "last")
     if not (output / "best").exists():
         save_model(model, processor, output / "best")

@@ -7,7 +7,15 @@ import shutil
 
 import torch
 
-from training.model import build_model, describe, import_donut_python, load_pretrained, save_model
+from training.model import (
+    build_model,
+    describe,
+    encoder_grid,
+    grid_position_codes,
+    import_donut_python,
+    load_pretrained,
+    save_model,
+)
 from training.tokenizer import TASK_TOKENS
 
 
@@ -45,6 +53,30 @@ def test_save_and_load_pretrained_from_a_local_path_is_exact(micro_config, token
     assert torch.equal(logits(model, pixel_values, ids), logits(loaded, pixel_values, ids))
     assert loaded.config.decoder_start_token_id == model.config.decoder_start_token_id
     assert loaded_processor.image_processor.size == processor.image_processor.size
+
+
+def test_grid_positions_are_added_to_the_encoder_output_and_survive_saving(micro_config, tokenizer, tmp_path):
+    """The same weights with and without the codes differ by exactly the codes; a saved model keeps them."""
+    with_codes, processor = build_model(micro_config, tokenizer)
+    without, _ = build_model(micro_config.with_overrides(grid_positions=False), tokenizer)
+    without.load_state_dict(with_codes.state_dict())
+    pixel_values, _ = inputs(micro_config, tokenizer)
+    with_codes.eval(), without.eval()
+    with torch.no_grad():
+        difference = (
+            with_codes.encoder(pixel_values=pixel_values).last_hidden_state
+            - without.encoder(pixel_values=pixel_values).last_hidden_state
+        )
+    rows, cols, _ = encoder_grid(with_codes.encoder.config, *micro_config.image_size)
+    codes = grid_position_codes(rows, cols, difference.shape[-1])
+    assert torch.allclose(difference[0], codes, atol=1e-5) and len(codes.unique(dim=0)) == rows * cols
+    save_model(with_codes, processor, tmp_path / "checkpoint")
+    loaded, _ = load_pretrained(tmp_path / "checkpoint")
+    with torch.no_grad():
+        assert torch.equal(
+            loaded.encoder(pixel_values=pixel_values).last_hidden_state,
+            with_codes.encoder(pixel_values=pixel_values).last_hidden_state,
+        )
 
 
 def test_a_pretrained_donut_without_invoice_tags_gets_them(micro_config, tokenizer_dir, tmp_path):
@@ -119,7 +151,7 @@ def write_donut_python_checkpoint(model, tokenizer_dir, folder, input_size):
 def test_donut_python_checkpoint_imports_with_identical_outputs(
     micro_config, tokenizer, tokenizer_dir, tmp_path
 ):
-    original, _ = build_model(micro_config, tokenizer)
+    original, _ = build_model(micro_config.with_overrides(grid_positions=False), tokenizer)  # as Donut's
     state = write_donut_python_checkpoint(
         original, tokenizer_dir, tmp_path / "donut", micro_config.image_size
     )
@@ -135,7 +167,7 @@ def test_import_donut_cli_writes_a_checkpoint_that_loads_as_a_base(
 ):
     import subprocess
 
-    original, _ = build_model(micro_config, tokenizer)
+    original, _ = build_model(micro_config.with_overrides(grid_positions=False), tokenizer)
     write_donut_python_checkpoint(original, tokenizer_dir, tmp_path / "donut", micro_config.image_size)
     result = subprocess.run(
         ["invoice", "model", "import-donut", str(tmp_path / "donut"), "--out", str(tmp_path / "converted")],

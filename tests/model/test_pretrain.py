@@ -61,16 +61,22 @@ def test_bands_hold_exactly_the_lines_inside_them(tmp_path, tokenizer):
         page_lines = [line[4] for line in example.meta["lines"]]
         assert "\n".join(page_lines) == example.meta["text"]
         for _ in range(5):
-            band, text = pages.crop(index, 320, rng)
+            band, inside = pages.crop(index, 320, rng)
             assert band.shape == (3, 320, 720) and band.dtype == pages.pixels(index).dtype
-            lines = text.split("\n") if text else []
+            assert all(
+                0 <= top < bottom <= 320 and 0 <= left < right <= 720
+                for top, left, bottom, right, _ in inside
+            )
+            lines = [line[4] for line in inside]
             if lines:
                 non_empty += 1
                 remaining = iter(page_lines)
                 assert all(line in remaining for line in lines), (lines, page_lines)  # in reading order
     assert non_empty >= 20
-    batch = pages.crop_batch(6, 320, rng)
+    batch = pages.crop_batch(6, 320, rng, build_model(PRESETS["tiny"], tokenizer)[0].encoder.config)
     assert batch["pixel_values"].shape == (6, 3, 320, 720)
+    length = batch["labels"].shape[1]
+    assert batch["where"].shape == (6, length, 10 * 23) and batch["glyphs"].shape == (6, 10 * 23)
     reading = processor.tokenizer.convert_tokens_to_ids("<s_reading>")
     assert (batch["decoder_input_ids"][:, 0] == reading).all()
 
