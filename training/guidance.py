@@ -46,8 +46,8 @@ def guide_targets(
     boxes: list[Box | None], token: list[int], grid: tuple[int, int], stride: int, length: int, blank: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """For a band whose encoder output is a `grid` of tokens `stride` pixels apart:
-    - where (length, rows * cols, bool): the encoder tokens each label position should attend to: the rows of
-      its line and its columns with one token of slack either side (everywhere for newlines, `</s>`, padding);
+    - where (length, rows * cols, bool): the encoder tokens each label position should attend to, those its box
+      overlaps (everywhere for newlines, `</s>`, padding; slack around the box measured worse in the probe);
     - glyphs (rows * cols,): the text token centred in each encoder token, `blank` where none is."""
     rows, cols = grid
     where = torch.ones(length, rows, cols, dtype=torch.bool)
@@ -57,7 +57,7 @@ def guide_targets(
             continue
         top, left, bottom, right = box
         row0, row1 = int(top // stride), int(max(top, bottom - 1) // stride) + 1
-        col0, col1 = max(0, int(left // stride) - 1), int(max(left, right - 1) // stride) + 2
+        col0, col1 = int(left // stride), int(max(left, right - 1) // stride) + 1
         where[position] = False
         where[position, row0:row1, col0:col1] = True
         glyphs[
