@@ -508,8 +508,8 @@ def bench_bands(steps: int = 800) -> str:
     )
     return f"""## Model: reading rendered text bands from scratch
 
-`tests/benchmarks/run.py --only bands` on {machine()}: the tiny preset (960x720 pages, patch 8, three
-stages) and a two-stage variant, each trained from scratch on {steps} band steps (8 bands of 320 px rows per
+`tests/benchmarks/run.py --only bands` on {machine()}:
+the tiny preset (960x720 pages, patch 8, three stages) and a two-stage variant, each trained from scratch on {steps} band steps (8 bands of 320 px rows per
 step, AdamW 1e-3, cosine schedule) of 400 synthetic pages (seed 7), with and without the guidance of
 training/guidance.py, one after the other; scored on 64 bands of the held-out validation pages: teacher-forced
 cross-entropy and token accuracy, and greedy reading of 16 of them (character accuracy: 1 - edit distance /
