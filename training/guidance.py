@@ -4,7 +4,7 @@ A Donut trained from scratch does not start reading on its own: a fresh cross-at
 the encoder only ever receives the gradient of the mean of its tokens, and the attention has nothing to find
 until the encoder sees glyphs (`tests/benchmarks/run.py --only probe`). On bands of rendered lines the position
 of every target token is known to within a character, which gives two extra losses:
-- attention: the decoder's cross-attention puts its mass on the encoder tokens around the token it writes;
+- attention: the decoder's cross-attention puts its mass on the encoder tokens under the token it writes;
 - glyphs: a linear head on each encoder token names the text token centred in it (dropped after training).
 """
 
@@ -79,7 +79,6 @@ class ReadingGuide(torch.nn.Module):
     def forward(self, outputs: Any, where: torch.Tensor, glyphs: torch.Tensor, labels: torch.Tensor) -> dict:
         """`outputs` of the model called with `output_attentions=True`; returns `attention` and `glyphs` losses."""
         written = labels != -100
-        where = where[:, : labels.shape[1]]
         attention = 0.0
         for layer in outputs.cross_attentions:  # (batch, heads, target, encoder tokens)
             mass = (layer.float().mean(1) * where).sum(-1).clamp_min(1e-6)
