@@ -400,7 +400,7 @@ preset's widths (two stages, 160x160 input: 100 encoder tokens) trained on blank
 autocast where supported; accuracy on 256 held-out canvases; loss: mean of the last 50 steps (the decoder's per
 token, its end-of-text included).
 
-One 28-px digit anywhere, 300 steps of 32 canvases (chance 0.10):
+One 28-px digit at any height in one of four column slots, 300 steps of 32 canvases (chance 0.10):
 
 | how the digit reaches the loss | loss | accuracy |
 |---|---|---|
@@ -409,7 +409,7 @@ One 28-px digit anywhere, 300 steps of 32 canvases (chance 0.10):
 Three 20-px digits read left to right, 400 steps of 32 canvases; accuracy: all three right (chance 0.001).
 Position codes: fixed sine-cosine codes of each encoder token's row and column added to the encoder's output
 (`grid_positions`). Guidance (training/guidance.py): attention, the cross-attention's mass on the encoder tokens
-around the digit being written; glyphs, a linear head naming the digit centred in each encoder token.
+under the digit being written; glyphs, a linear head naming the digit centred in each encoder token.
 
 | Donut reading three digits | cross-entropy | accuracy |
 |---|---|---|
