@@ -24,7 +24,15 @@ from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from training.evaluate import Example, load_examples, mean_field_accuracy, score
-from training.guidance import ReadingGuide, guide_targets, token_boxes
+from training.guidance import (
+    Line,
+    ReadingGuide,
+    attention_targets,
+    glyph_targets,
+    line_characters,
+    token_boxes,
+    value_characters,
+)
 from training.hardware import autocast, device
 from training.model import PRESETS, ModelConfig, build_model, encoder_grid, load_pretrained, save_model
 from training.predict import predict
@@ -125,16 +133,14 @@ class InvoicePages(Dataset):
         start = tokenizer.convert_tokens_to_ids(TASK_TOKENS[task])
         return torch.tensor([start, *ids]), torch.tensor([*ids, tokenizer.eos_token_id])
 
-    def crop(self, index: int, height: int, rng: random.Random) -> tuple[torch.Tensor, list] | None:
-        """A band of `height` pixel rows of the preprocessed page starting at a random line, and the lines
-        entirely inside it as (top, left, bottom, right, text) in band pixels; the rows below the last of them
-        are blanked. None without line boxes."""
+    def page_lines(self, index: int) -> list[Line] | None:
+        """The page's text lines (top, left, bottom, right, text) in pixels of the preprocessed page; None when
+        its metadata has no line boxes."""
         lines = self.examples[index].meta.get("lines")
         if not lines:
             return None
-        page = self.pixels(index)
         scale, top_pad, left_pad = self.placement(index)
-        boxes = [
+        return [
             (
                 top * scale + top_pad,
                 left * scale + left_pad,
@@ -144,6 +150,15 @@ class InvoicePages(Dataset):
             )
             for top, left, bottom, right, text in lines
         ]
+
+    def crop(self, index: int, height: int, rng: random.Random) -> tuple[torch.Tensor, list[Line]] | None:
+        """A band of `height` pixel rows of the preprocessed page starting at a random line, and the lines
+        entirely inside it in band pixels; the rows below the last of them are blanked. None without line
+        boxes."""
+        boxes = self.page_lines(index)
+        if not boxes:
+            return None
+        page = self.pixels(index)
         first = rng.randrange(len(boxes))
         start = max(0, min(int(boxes[first][0]) - 2, page.shape[1] - height))
         inside = [
@@ -182,31 +197,68 @@ class InvoicePages(Dataset):
             "labels": torch.nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=IGNORE_INDEX),
         }
 
-    def batch(self, indices: list[int], task: str) -> dict[str, torch.Tensor]:
-        sequences = [self.sequence(*self.target(i, task)) for i in indices]
-        return self.collate([self.pixels(i) for i in indices], sequences)
+    def batch(self, indices: list[int], task: str, guided_for=None) -> dict[str, torch.Tensor]:
+        """Pages `indices` trained on `task`; with the guidance targets for the encoder config `guided_for`
+        when some of them have line boxes."""
+        targets = [self.target(i, task) for i in indices]
+        pixels = [self.pixels(i) for i in indices]
+        lines = [self.page_lines(i) for i in indices] if guided_for is not None else []
+        if not any(lines):
+            return self.collate(pixels, [self.sequence(*target) for target in targets])
+        characters = [
+            {}
+            if page_lines is None
+            else line_characters(page_lines)[1]
+            if target_task == "reading"
+            else value_characters(text, self.examples[i].label, page_lines)
+            for i, (target_task, text), page_lines in zip(indices, targets, lines, strict=True)
+        ]
+        return self.guided_collate(pixels, targets, characters, lines, guided_for)
 
     def crop_batch(
         self, size: int, height: int, rng: random.Random, encoder_config
     ) -> dict[str, torch.Tensor] | None:
-        """`size` bands from random pages with line boxes, with their guidance targets (`where` the decoder
-        should look for each label, which token each encoder token shows: see `guide_targets`); None when no
-        page has line boxes."""
+        """`size` bands from random pages with line boxes, guided (see `guided_collate`); None when no page has
+        line boxes."""
         candidates = [i for i, e in enumerate(self.examples) if e.meta.get("lines")]
         if not candidates:
             return None
-        tokenizer = self.processor.tokenizer
         crops = [self.crop(rng.choice(candidates), height, rng) for _ in range(size)]
-        placed = [token_boxes(tokenizer, lines) for _, lines in crops]
-        batch = self.collate([band for band, _ in crops], [self.wrap("reading", ids) for ids, _ in placed])
-        rows, cols, stride = encoder_grid(encoder_config, height, crops[0][0].shape[-1])
-        length = batch["labels"].shape[1]
-        targets = [
-            guide_targets(boxes, ids, (rows, cols), stride, length, tokenizer.pad_token_id)
-            for ids, boxes in placed
+        read = [line_characters(lines) for _, lines in crops]
+        return self.guided_collate(
+            [band for band, _ in crops],
+            [("reading", text) for text, _ in read],
+            [characters for _, characters in read],
+            [lines for _, lines in crops],
+            encoder_config,
+        )
+
+    def guided_collate(
+        self,
+        pixels: list[torch.Tensor],
+        targets: list[tuple[str, str]],
+        characters: list[dict],
+        lines: list[list[Line] | None],
+        encoder_config,
+    ) -> dict[str, torch.Tensor]:
+        """`collate` of the (task, text) `targets`, plus the guidance targets (training/guidance.py) from the
+        boxes of their `characters` and of the images' `lines`: `where` the decoder should look for each label,
+        the `glyphs` each encoder token shows."""
+        tokenizer = self.processor.tokenizer
+        placed = [
+            token_boxes(tokenizer, text, boxes) for (_, text), boxes in zip(targets, characters, strict=True)
         ]
-        batch["where"] = torch.stack([where for where, _ in targets])
-        batch["glyphs"] = torch.stack([glyphs for _, glyphs in targets])
+        batch = self.collate(
+            pixels, [self.wrap(task, ids) for (task, _), (ids, _) in zip(targets, placed, strict=True)]
+        )
+        rows, cols, stride = encoder_grid(encoder_config, *pixels[0].shape[-2:])
+        length = batch["labels"].shape[1]
+        batch["where"] = torch.stack(
+            [attention_targets(boxes, (rows, cols), stride, length) for _, boxes in placed]
+        )
+        batch["glyphs"] = torch.stack(
+            [glyph_targets(image_lines, (rows, cols), stride) for image_lines in lines]
+        )
         return batch
 
 
@@ -345,18 +397,15 @@ def evaluate_model(
 Callback = Callable[[str, dict[str, Any], int], None]
 
 
-def reading_guide(config: TrainConfig, model) -> ReadingGuide | None:
-    """The guidance losses' module when the curriculum has band steps to guide; the decoder then computes its
-    attention weights explicitly (eager), since the fused kernels do not return them."""
-    if not (config.crop_steps or config.crop_every) or not (
-        config.attention_guidance or config.glyph_guidance
+def reading_guide(config: TrainConfig, model, examples: list[Example]) -> ReadingGuide | None:
+    """The guidance losses' module when some training pages have line boxes to guide with; the decoder then
+    computes its attention weights explicitly (eager), since the fused kernels do not return them."""
+    if not (config.attention_guidance or config.glyph_guidance) or not any(
+        e.meta.get("lines") for e in examples
     ):
         return None
     model.decoder.set_attn_implementation("eager")
-    tokenizer_size = model.decoder.get_input_embeddings().num_embeddings
-    return ReadingGuide(model.encoder.config.hidden_size, tokenizer_size, model.config.pad_token_id).to(
-        next(model.parameters()).device
-    )
+    return ReadingGuide(model.encoder.config.hidden_size).to(next(model.parameters()).device)
 
 
 def train(config: TrainConfig, log: Callback | None = None, progress: bool = True) -> dict[str, Any]:
@@ -372,7 +421,7 @@ def train(config: TrainConfig, log: Callback | None = None, progress: bool = Tru
     eval_subset = eval_examples[: config.eval_samples]
     steps_per_epoch = math.ceil(len(dataset) / config.batch_size / config.grad_accum)
     total_steps = config.max_steps or steps_per_epoch * config.epochs
-    guide = reading_guide(config, model)
+    guide = reading_guide(config, model, train_examples)
     parameters = [*model.parameters(), *(guide.parameters() if guide is not None else [])]
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(
@@ -413,7 +462,11 @@ def train(config: TrainConfig, log: Callback | None = None, progress: bool = Tru
                 [crops]
                 if crops is not None
                 else [
-                    dataset.batch(indices, "invoice" if task == "crops" else task)
+                    dataset.batch(
+                        indices,
+                        "invoice" if task == "crops" else task,
+                        model.encoder.config if guide is not None else None,
+                    )
                     for indices in batches[state.batch_in_epoch : state.batch_in_epoch + config.grad_accum]
                 ]
             )

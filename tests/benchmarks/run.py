@@ -318,7 +318,13 @@ def guided_probe(
     (chance: 0.001)."""
     import torch
 
-    from training.guidance import ReadingGuide, guide_targets, token_boxes
+    from training.guidance import (
+        ReadingGuide,
+        attention_targets,
+        glyph_targets,
+        line_characters,
+        token_boxes,
+    )
     from training.hardware import autocast
     from training.model import encoder_grid
     from training.tokenizer import TASK_TOKENS
@@ -326,25 +332,25 @@ def guided_probe(
     torch.manual_seed(0)
     model = _probe_model(tokenizer, grid_positions)
     model.decoder.set_attn_implementation("eager")
-    guide = ReadingGuide(model.encoder.config.hidden_size, len(tokenizer), tokenizer.pad_token_id)
+    guide = ReadingGuide(model.encoder.config.hidden_size)
     optimizer = torch.optim.AdamW([*model.parameters(), *guide.parameters()], lr=1e-3)
     start = tokenizer.convert_tokens_to_ids(TASK_TOKENS["reading"])
     rows, cols, stride = encoder_grid(model.encoder.config, 160, 160)
 
     def outputs(pixels, boxes):
         """(cross-entropy, guidance losses, whether each canvas was read right)."""
-        placed = [token_boxes(tokenizer, digits) for digits in boxes]  # one digit a line: one token or two
+        # one digit a line: one token or two
+        placed = [token_boxes(tokenizer, *line_characters(digits)) for digits in boxes]
         length = max(len(ids) for ids, _ in placed) + 1
         pad = tokenizer.pad_token_id
         inputs = torch.tensor([[start, *ids] + [pad] * (length - 1 - len(ids)) for ids, _ in placed])
         labels = torch.tensor(
             [[*ids, tokenizer.eos_token_id] + [-100] * (length - 1 - len(ids)) for ids, _ in placed]
         )
-        targets = [guide_targets(b, ids, (rows, cols), stride, length, pad) for ids, b in placed]
+        where = torch.stack([attention_targets(b, (rows, cols), stride, length) for _, b in placed])
+        glyphs = torch.stack([glyph_targets(lines, (rows, cols), stride) for lines in boxes])
         result = model(pixel_values=pixels, decoder_input_ids=inputs, labels=labels, output_attentions=True)
-        losses = guide(
-            result, torch.stack([w for w, _ in targets]), torch.stack([g for _, g in targets]), labels
-        )
+        losses = guide(result, where, glyphs, labels)
         right = ((result.logits.argmax(-1) == labels) | (labels == -100)).all(-1)
         return result.loss, losses, right
 

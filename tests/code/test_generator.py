@@ -9,6 +9,7 @@ from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 
+import numpy as np
 import pypdfium2
 import pytest
 from PIL import Image
@@ -144,3 +145,17 @@ def test_transcript_holds_the_printed_values_in_reading_order():
     assert text.index(invoice.label["invoice_number"]) < text.index(
         invoice.label["line_items"][0]["description"]
     )
+
+
+def test_line_boxes_hold_one_run_of_text_each():
+    """The reading guidance places a line's characters evenly across its box: a box must not span a row's
+    columns (a gap wider than the box is tall would be one)."""
+    invoice = make_invoice(GeneratorConfig(n=1, seed=3, layouts=("classic",), degrade_share=0.0), 0)
+    page = np.asarray(invoice.image.convert("L")) < 128
+    lines = invoice.meta["lines"]
+    assert "\n".join(line[4] for line in lines) == invoice.meta["text"]
+    for top, left, bottom, right, text in lines:
+        ink = page[top:bottom, left:right].any(axis=0)
+        assert ink.any(), text
+        gaps = np.diff(np.flatnonzero(ink))
+        assert gaps.max(initial=0) < bottom - top, (text, gaps.max())

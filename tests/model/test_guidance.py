@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import torch
 
-from training.guidance import ReadingGuide, guide_targets, token_boxes
+from training.guidance import (
+    CHARACTER_CLASS,
+    GLYPH_SLOTS,
+    OTHER_CHARACTER,
+    ReadingGuide,
+    attention_targets,
+    glyph_targets,
+    line_characters,
+    token_boxes,
+    value_characters,
+)
+from training.tokenizer import json2token
 
 
 def test_token_boxes_follow_the_characters_of_their_line(tokenizer):
     lines = [(10, 100, 30, 300, "INV 12345"), (50, 20, 70, 120, "Total 9")]
-    ids, boxes = token_boxes(tokenizer, lines)
+    text, characters = line_characters(lines)
+    assert text == "INV 12345\nTotal 9" and characters[10] == (50, 20, 70, 20 + 100 / 7)
+    ids, boxes = token_boxes(tokenizer, text, characters)
     assert (
         tokenizer.decode(ids) == "INV 12345\nTotal 9"
         or tokenizer.decode(ids).split() == "INV 12345 Total 9".split()
@@ -24,18 +37,43 @@ def test_token_boxes_follow_the_characters_of_their_line(tokenizer):
     assert placed.index(second_line[0]) > placed.index(first_line[-1])  # in reading order
 
 
-def test_guide_targets_point_each_label_at_its_place(tokenizer):
+def test_field_tokens_are_placed_where_the_page_writes_their_value(tokenizer):
+    label = {"invoice_number": "INV-77", "invoice_date": "2024-03-01", "total": "12.50"}
+    lines = [(10, 0, 20, 110, "Invoice INV-77"), (30, 0, 40, 80, "1 March 2024"), (50, 0, 60, 50, "12.50")]
+    target = json2token(label)
+    characters = value_characters(target, label, lines)
+    number_at, total_at = target.index("INV-77"), target.index("12.50")
+    assert characters[number_at] == (10, 8 * 110 / 14, 20, 9 * 110 / 14)  # "INV-77" starts at character 8
+    assert characters[total_at] == (50, 0, 60, 10) and len(characters) == len("INV-77") + len("12.50")
+    ids, boxes = token_boxes(tokenizer, target, characters)
+    placed = [tokenizer.decode([i]) for i, box in zip(ids, boxes, strict=True) if box is not None]
+    assert "".join(placed).replace(" ", "") == "INV-7712.50"  # tags and the date written otherwise: unplaced
+
+
+def test_attention_targets_point_each_label_at_its_place():
     boxes = [(0, 64, 32, 96), None, (64, 200, 96, 230)]
-    where, glyphs = guide_targets(boxes, [5, 6, 7], grid=(4, 10), stride=32, length=5, blank=1)
-    where = where.view(5, 4, 10)
+    where = attention_targets(boxes, grid=(4, 10), stride=32, length=5).view(5, 4, 10)
     assert where[0, 0, 2] and where[0].sum() == 1  # the encoder tokens its box overlaps
     assert where[1].all() and where[3:].all()  # a newline, </s> and padding may look anywhere
     assert where[2, 2, 6:8].all() and where[2].sum() == 2
-    assert glyphs.view(4, 10)[0, 2] == 5 and glyphs.view(4, 10)[2, 6] == 7 and (glyphs == 1).sum() == 38
+
+
+def test_glyph_targets_name_each_tokens_characters_in_reading_order():
+    # 6 px a character, tokens 16 px apart: "A1" lie in column 0 and "b" in column 1 (the space is skipped); the
+    # second line's centre is in row 0 too, so its characters follow the first line's there.
+    lines = [(0, 0, 12, 24, "A1 b"), (4, 0, 14, 12, "Zé"), (36, 48, 44, 60, "∑x")]
+    glyphs = glyph_targets(lines, grid=(3, 4), stride=16).view(3, 4, GLYPH_SLOTS)
+    classes = CHARACTER_CLASS
+    assert glyphs[0, 0, :6].tolist() == [classes["A"], classes["1"], classes["Z"], classes["é"], 0, -100]
+    assert glyphs[0, 1, :3].tolist() == [classes["b"], 0, -100]
+    assert glyphs[2, 3, :3].tolist() == [OTHER_CHARACTER, classes["x"], 0] and glyphs[2, 3, 3:].eq(-100).all()
+    assert glyphs[1].tolist() == [[0] + [-100] * (GLYPH_SLOTS - 1)] * 4  # an empty token: its end only
+    crowded = glyph_targets([(0, 0, 10, 40, "x" * 40)], grid=(1, 1), stride=64)
+    assert crowded[0].tolist() == [classes["x"]] * GLYPH_SLOTS  # at most GLYPH_SLOTS characters
 
 
 def test_attention_guidance_is_small_only_where_the_attention_is_on_the_box():
-    guide = ReadingGuide(hidden_size=8, vocab_size=12, blank=1)
+    guide = ReadingGuide(hidden_size=8)
     where = torch.zeros(1, 2, 6, dtype=torch.bool)
     where[0, :, 2] = True
     labels = torch.tensor([[3, -100]])
@@ -48,5 +86,5 @@ def test_attention_guidance_is_small_only_where_the_attention_is_on_the_box():
 
     for attention, expected in ((on_box, 0.0), (spread, torch.tensor(6.0).log().item())):
         Outputs.cross_attentions = (attention,)
-        losses = guide(Outputs, where, torch.ones(1, 6, dtype=torch.long), labels)
+        losses = guide(Outputs, where, torch.zeros(1, 6, GLYPH_SLOTS, dtype=torch.long), labels)
         assert abs(losses["attention"].item() - expected) < 1e-4

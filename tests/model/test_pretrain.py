@@ -13,6 +13,7 @@ import yaml
 from PIL import Image, ImageDraw
 
 from training.evaluate import load_examples
+from training.guidance import GLYPH_SLOTS
 from training.model import PRESETS, build_model
 from training.schema import FIELDS
 from training.synth.degrade import rotate_box
@@ -76,7 +77,8 @@ def test_bands_hold_exactly_the_lines_inside_them(tmp_path, tokenizer):
     batch = pages.crop_batch(6, 320, rng, build_model(PRESETS["tiny"], tokenizer)[0].encoder.config)
     assert batch["pixel_values"].shape == (6, 3, 320, 720)
     length = batch["labels"].shape[1]
-    assert batch["where"].shape == (6, length, 10 * 23) and batch["glyphs"].shape == (6, 10 * 23)
+    assert batch["where"].shape == (6, length, 10 * 23) and batch["glyphs"].shape == (6, 10 * 23, GLYPH_SLOTS)
+    assert (batch["glyphs"] > 0).any()  # the bands' characters are targets
     reading = processor.tokenizer.convert_tokens_to_ids("<s_reading>")
     assert (batch["decoder_input_ids"][:, 0] == reading).all()
 

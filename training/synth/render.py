@@ -107,22 +107,21 @@ class Canvas:
         return y + size * 1.35
 
     def text_lines(self) -> list[TextLine]:
-        """The page's text in reading order with pixel boxes: spans whose tops are within half a line form one
-        line, left to right. Their text is the target of Donut's reading (pretraining) task."""
+        """The page's text in reading order with pixel boxes, one per text drawn: rows of them (tops within half
+        a line), each left to right. Not merged into one line per row: columns of a row lie far apart, and the
+        reading guidance places characters within a box as if equally wide. Joined by newlines, their text is
+        the target of Donut's reading (pretraining) task."""
         rows: list[list[tuple[float, float, float, float, str]]] = []
         for span in sorted(self.spans):
             if rows and span[0] - rows[-1][0][0] < 0.5 * min(span[2], rows[-1][0][2]):
                 rows[-1].append(span)
             else:
                 rows.append([span])
-        lines = []
-        for row in rows:
-            row.sort(key=lambda s: s[1])
-            top = min(s[0] for s in row)
-            bottom = max(s[0] + s[2] * LINE_HEIGHT for s in row)
-            box = (top, row[0][1], bottom, max(s[1] + s[3] for s in row))
-            lines.append(TextLine(*(round(v * self.scale) for v in box), " ".join(s[4] for s in row)))
-        return lines
+        return [
+            TextLine(*(round(v * self.scale) for v in (top, left, top + size * LINE_HEIGHT, left + width)), text)
+            for row in rows
+            for top, left, size, width, text in sorted(row, key=lambda span: span[1])
+        ]
 
     def lines(
         self,
