@@ -1,9 +1,11 @@
-"""Reading guidance for band steps: where each written token lies on the band tells the model where to look.
+"""Reading guidance: where the text lies on an image tells the model where to look and what it sees there.
 
 A Donut trained from scratch does not start reading on its own: a fresh cross-attention is nearly uniform, so
 the encoder only ever receives the gradient of the mean of its tokens, and the attention has nothing to find
-until the encoder sees glyphs (`tests/benchmarks/run.py --only probe`). On bands of rendered lines the position
-of every target token is known to within a character, which gives two extra losses:
+until the encoder sees glyphs (`tests/benchmarks/run.py --only probe`). Synthetic pages come with the box of every
+text drawn, so on bands of lines (whose target is their text) and on whole pages (whose field values are mostly
+written verbatim somewhere on them) the position of target tokens is known to within a character or so, which
+gives two extra losses:
 - attention: the decoder's cross-attention puts its mass on the encoder tokens under the token it writes;
 - glyphs: a linear head on each encoder token names the characters centred in it, in reading order, one slot
   each (dropped after training). Characters rather than subword tokens: every character on the band is a
@@ -131,19 +133,24 @@ def glyph_targets(lines: list[Line] | None, grid: tuple[int, int], stride: int) 
 
 
 class ReadingGuide(torch.nn.Module):
-    """The two guidance losses of a band batch; its glyph head trains alongside the model and is not exported."""
+    """The two guidance losses of a batch; its glyph head trains alongside the model and is not exported."""
 
     def __init__(self, hidden_size: int) -> None:
         super().__init__()
         self.glyphs = torch.nn.Linear(hidden_size, GLYPH_SLOTS * GLYPH_CLASSES)
 
     def forward(self, outputs: Any, where: torch.Tensor, glyphs: torch.Tensor, labels: torch.Tensor) -> dict:
-        """`outputs` of the model called with `output_attentions=True`; returns `attention` and `glyphs` losses."""
+        """`outputs` of the model called with `output_attentions=True`; returns the `attention` and `glyphs`
+        losses and, to follow, `glyph_accuracy`: the share of the characters the glyph head names right."""
         written = labels != -100
         attention = 0.0
         for layer in outputs.cross_attentions:  # (batch, heads, target, encoder tokens)
             mass = (layer.float().mean(1) * where).sum(-1).clamp_min(1e-6)
             attention = attention - mass.log()[written].mean() / len(outputs.cross_attentions)
         logits = self.glyphs(outputs.encoder_last_hidden_state).float()
-        glyph_loss = torch.nn.functional.cross_entropy(logits.reshape(-1, GLYPH_CLASSES), glyphs.flatten())
-        return {"attention": attention, "glyphs": glyph_loss}
+        logits = logits.view(*glyphs.shape, GLYPH_CLASSES)
+        glyph_loss = torch.nn.functional.cross_entropy(logits.flatten(0, -2), glyphs.flatten())
+        characters = glyphs > 0
+        named = (logits.detach().argmax(-1) == glyphs) & characters
+        accuracy = named.sum() / characters.sum().clamp_min(1)
+        return {"attention": attention, "glyphs": glyph_loss, "glyph_accuracy": accuracy}

@@ -88,3 +88,21 @@ def test_attention_guidance_is_small_only_where_the_attention_is_on_the_box():
         Outputs.cross_attentions = (attention,)
         losses = guide(Outputs, where, torch.zeros(1, 6, GLYPH_SLOTS, dtype=torch.long), labels)
         assert abs(losses["attention"].item() - expected) < 1e-4
+
+
+def test_glyph_accuracy_counts_the_characters_named_right():
+    guide = ReadingGuide(hidden_size=8)
+    torch.nn.init.zeros_(guide.glyphs.weight)
+    with torch.no_grad():  # the head names "7" in every slot
+        guide.glyphs.bias.view(GLYPH_SLOTS, -1).zero_()[:, CHARACTER_CLASS["7"]] = 1.0
+
+    class Outputs:
+        encoder_last_hidden_state = torch.zeros(1, 2, 8)
+        cross_attentions = (torch.full((1, 1, 1, 2), 0.5),)
+
+    glyphs = torch.full((1, 2, GLYPH_SLOTS), -100)
+    glyphs[0, 0, :4] = torch.tensor([CHARACTER_CLASS["7"], CHARACTER_CLASS["7"], CHARACTER_CLASS["A"], 0])
+    glyphs[0, 1, 0] = 0  # an empty token: its end marker is not a character
+    losses = guide(Outputs, torch.ones(1, 1, 2, dtype=torch.bool), glyphs, torch.tensor([[3]]))
+    assert abs(losses["glyph_accuracy"].item() - 2 / 3) < 1e-6
+    assert losses["glyphs"].item() > 0

@@ -118,7 +118,9 @@ class Canvas:
             else:
                 rows.append([span])
         return [
-            TextLine(*(round(v * self.scale) for v in (top, left, top + size * LINE_HEIGHT, left + width)), text)
+            TextLine(
+                *(round(v * self.scale) for v in (top, left, top + size * LINE_HEIGHT, left + width)), text
+            )
             for row in rows
             for top, left, size, width, text in sorted(row, key=lambda span: span[1])
         ]
