@@ -147,10 +147,14 @@ class ReadingGuide(torch.nn.Module):
         for layer in outputs.cross_attentions:  # (batch, heads, target, encoder tokens)
             mass = (layer.float().mean(1) * where).sum(-1).clamp_min(1e-6)
             attention = attention - mass.log()[written].mean() / len(outputs.cross_attentions)
-        logits = self.glyphs(outputs.encoder_last_hidden_state).float()
-        logits = logits.view(*glyphs.shape, GLYPH_CLASSES)
-        glyph_loss = torch.nn.functional.cross_entropy(logits.flatten(0, -2), glyphs.flatten())
+        glyph_loss, accuracy = self.glyph_loss(outputs.encoder_last_hidden_state, glyphs)
+        return {"attention": attention, "glyphs": glyph_loss, "glyph_accuracy": accuracy}
+
+    def glyph_loss(self, hidden: torch.Tensor, glyphs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The glyph head's cross-entropy on the encoder tokens `hidden` against `glyphs` (`glyph_targets`), and
+        its accuracy on the characters (end markers aside)."""
+        logits = self.glyphs(hidden).float().view(*glyphs.shape, GLYPH_CLASSES)
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, -2), glyphs.flatten())
         characters = glyphs > 0
         named = (logits.detach().argmax(-1) == glyphs) & characters
-        accuracy = named.sum() / characters.sum().clamp_min(1)
-        return {"attention": attention, "glyphs": glyph_loss, "glyph_accuracy": accuracy}
+        return loss, named.sum() / characters.sum().clamp_min(1)
