@@ -1,8 +1,8 @@
 """`make pretrain`: the base reader every fine-tune starts from, reproduced end to end.
 
 Synthetic pages of the training layout families (data) → a SentencePiece tokenizer over their text → a tiny
-Donut trained by curriculum: bands of text lines (reading, many supervised tokens per encoder pass, guided by
-where each token lies: training/guidance.py), then field extraction on whole pages with band reading mixed in.
+Donut trained by curriculum: bands of text lines (reading, many supervised tokens per encoder pass), then field
+extraction on whole pages with band reading mixed in; both guided by where the text lies (training/guidance.py).
 Scored on a layout family it never saw, then exported with a model card to the folder the presets fine-tune
 from (`training/base`).
 """
@@ -225,9 +225,9 @@ patch {summary["patch_size"]}) trained from scratch on synthetic invoices by `ma
 - Data: {config.pages} synthetic pages, seed {config.seed}, layout families {", ".join(config.layouts)};
   held out: {", ".join(config.holdout_layouts)} ({config.holdout_pages} pages, seed {config.seed + 1})
 - Curriculum: {config.crop_steps} steps reading bands of text lines ({config.crop_batch_size} bands of
-  {summary["crop_height"]} px per step, with attention and glyph guidance from the lines' boxes), then field
-  extraction on whole pages ({config.batch_size} per step) with every {config.crop_every}th step a band-reading step; {summary["steps"]} steps in all,
-  AdamW {config.learning_rate}, cosine schedule, {"bf16 autocast" if summary["bf16"] else "fp32 (no bf16 on this hardware)"}
+  {summary["crop_height"]} px per step), then field extraction on whole pages ({config.batch_size} per step)
+  with every {config.crop_every}th step a band-reading step, all guided by the text's boxes (attention and glyph
+  losses); {summary["steps"]} steps in all, AdamW {config.learning_rate}, cosine schedule, {"bf16 autocast" if summary["bf16"] else "fp32 (no bf16 on this hardware)"}
 - Hardware: {summary["hardware"]}; {summary["minutes"]:.0f} minutes of training
 {earlier}
 ## Measured accuracy (exact match per field, greedy decoding)
