@@ -398,9 +398,12 @@ Callback = Callable[[str, dict[str, Any], int], None]
 
 
 def reading_guide(config: TrainConfig, model, examples: list[Example]) -> ReadingGuide | None:
-    """The guidance losses' module when some training pages have line boxes to guide with; the decoder then
-    computes its attention weights explicitly (eager), since the fused kernels do not return them."""
-    if not (config.attention_guidance or config.glyph_guidance) or not any(
+    """The guidance losses' module for a reading curriculum (band steps) on pages with line boxes: its band and
+    field steps are guided. A plain fine-tune is not: in a short run the extra losses compete with the fields'
+    (the gate tests' 200-step model missed its floors with them). The decoder then computes its attention
+    weights explicitly (eager), since the fused kernels do not return them."""
+    curriculum = config.crop_steps or config.crop_every
+    if not (curriculum and (config.attention_guidance or config.glyph_guidance)) or not any(
         e.meta.get("lines") for e in examples
     ):
         return None
