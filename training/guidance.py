@@ -33,16 +33,21 @@ GLYPH_CLASSES = len(CHARACTERS) + 2
 GLYPH_SLOTS = 16  # a 32-px token at ~6 px a character holds up to ~5 characters of each of ~2.5 lines
 
 
+def character_box(line: Line, index: int) -> Box:
+    """The box of character `index` of the line's text, all its characters taken as equally wide."""
+    top, left, bottom, right, text = line
+    width = (right - left) / max(1, len(text))
+    return top, left + index * width, bottom, left + (index + 1) * width
+
+
 def line_characters(lines: list[Line]) -> tuple[str, dict[int, Box]]:
-    """The lines' text joined by newlines (a band's or page's transcript) and the box of each of its characters,
-    taken as equally wide within their line."""
+    """The lines' text joined by newlines (a band's or page's transcript) and the box of each of its characters."""
     text, characters = "", {}
-    for top, left, bottom, right, line in lines:
+    for line in lines:
         text += "\n" if text else ""
-        width = (right - left) / max(1, len(line))
-        for index in range(len(line)):
-            characters[len(text) + index] = (top, left + index * width, bottom, left + (index + 1) * width)
-        text += line
+        for index in range(len(line[4])):
+            characters[len(text) + index] = character_box(line, index)
+        text += line[4]
     return text, characters
 
 
@@ -65,13 +70,11 @@ def value_characters(target: str, label: Any, lines: list[Line]) -> dict[int, Bo
         if at < 0:
             continue
         cursor = at + len(value)
-        for top, left, bottom, right, line in lines:
-            found = line.find(value)
+        for line in lines:
+            found = line[4].find(value)
             if found >= 0:
-                width = (right - left) / max(1, len(line))
                 for index in range(len(value)):
-                    x = left + (found + index) * width
-                    characters[at + index] = (top, x, bottom, x + width)
+                    characters[at + index] = character_box(line, found + index)
                 break
     return characters
 
@@ -118,12 +121,13 @@ def glyph_targets(lines: list[Line] | None, grid: tuple[int, int], stride: int) 
     if lines is None:
         return torch.full((rows * cols, GLYPH_SLOTS), -100)
     cells: list[list[int]] = [[] for _ in range(rows * cols)]
-    for top, left, bottom, right, text in lines:
+    for line in lines:
+        top, _, bottom, _, text = line
         row = min(rows - 1, int((top + bottom) / 2 // stride))
-        width = (right - left) / max(1, len(text))
         for index, character in enumerate(text):
             if not character.isspace():
-                col = min(cols - 1, int((left + (index + 0.5) * width) // stride))
+                _, left, _, right = character_box(line, index)
+                col = min(cols - 1, int((left + right) / 2 // stride))
                 cells[row * cols + col].append(CHARACTER_CLASS.get(character, OTHER_CHARACTER))
     targets = torch.full((rows * cols, GLYPH_SLOTS), -100)
     for index, classes in enumerate(cells):
