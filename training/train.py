@@ -103,6 +103,7 @@ class InvoicePages(Dataset):
     def __init__(self, examples: list[Example], processor, max_length: int) -> None:
         self.examples, self.processor, self.max_length = examples, processor, max_length
         self.cache: dict[int, torch.Tensor] = {}
+        self.placements: dict[int, tuple[float, int, int]] = {}
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -174,16 +175,18 @@ class InvoicePages(Dataset):
 
     def placement(self, index: int) -> tuple[float, int, int]:
         """How the processor placed page `index`: its scale and the padding above and left of it (it pads
-        evenly)."""
-        size = self.processor.image_processor.size
-        with Image.open(self.examples[index].image) as image:
-            page_width, page_height = image.size
-        scale = min(size["height"] / page_height, size["width"] / page_width)
-        return (
-            scale,
-            (size["height"] - round(page_height * scale)) // 2,
-            (size["width"] - round(page_width * scale)) // 2,
-        )
+        evenly). Cached: bands and guided batches ask for it on every step."""
+        if index not in self.placements:
+            size = self.processor.image_processor.size
+            with Image.open(self.examples[index].image) as image:
+                page_width, page_height = image.size
+            scale = min(size["height"] / page_height, size["width"] / page_width)
+            self.placements[index] = (
+                scale,
+                (size["height"] - round(page_height * scale)) // 2,
+                (size["width"] - round(page_width * scale)) // 2,
+            )
+        return self.placements[index]
 
     def collate(
         self, pixels: list[torch.Tensor], sequences: list[tuple[torch.Tensor, torch.Tensor]]
