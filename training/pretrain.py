@@ -177,6 +177,14 @@ TARGETS = {
 }  # on a new family
 
 
+def _closeness(scores: dict[str, Any]) -> str:
+    """How close the outputs come short of exact matches: what tells two checkpoints that read nothing apart."""
+    return (
+        f"Donut's TED accuracy {scores.get('ted_accuracy', 0.0):.3f} (1 = every record exact), field F1 "
+        f"{scores.get('f1', 0.0):.3f}, distinct records {scores.get('distinct_share', 0.0):.2f} of the pages."
+    )
+
+
 def _verdict(held_out: dict[str, Any]) -> str:
     """Whether the base meets the held-out family targets, in one sentence."""
     per_field = held_out.get("per_field", {})
@@ -239,11 +247,15 @@ Held-out layout family ({", ".join(config.holdout_layouts)}, never seen in train
 |---|---|---|
 {_accuracy_rows(held_out)}
 
+{_closeness(held_out)}
+
 Validation pages of the training families:
 
 | field | exact match | documents |
 |---|---|---|
 {_accuracy_rows(seen)}
+
+{_closeness(seen)}
 
 ## Use
 `invoice model train --base training/base` (the default), or `training.model.load_pretrained("training/base")`.

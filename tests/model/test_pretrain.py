@@ -103,6 +103,8 @@ def test_make_pretrain_smoke_exports_a_base_that_loads(tmp_path):
     assert result["steps"] == 6 and 1 < result["size_mb"] <= 40
     card = (base / "README.md").read_text()
     assert "invoice model pretrain --smoke" in card and "boxed" in card and result["run_id"] in card
+    held_out = json.loads((base / "scores.json").read_text())["holdout"]
+    assert f"TED accuracy {held_out['ted_accuracy']:.3f}" in card
 
     import mlflow
 
