@@ -154,7 +154,9 @@ def write_donut_python_checkpoint(model, tokenizer_dir, folder, input_size):
 def test_donut_python_checkpoint_imports_with_identical_outputs(
     micro_config, tokenizer, tokenizer_dir, tmp_path
 ):
-    original, _ = build_model(micro_config.with_overrides(grid_positions=False, conv_stem=False), tokenizer)  # as Donut's
+    original, _ = build_model(
+        micro_config.with_overrides(grid_positions=False, conv_stem=False), tokenizer
+    )  # as Donut's
     state = write_donut_python_checkpoint(
         original, tokenizer_dir, tmp_path / "donut", micro_config.image_size
     )
