@@ -224,7 +224,7 @@ def model_card(config: PretrainConfig, summary: dict[str, Any]) -> str:
 
 A tiny Donut (transformers' `VisionEncoderDecoderModel`: DonutSwin encoder, MBart decoder;
 {summary["parameters"] / 1e6:.1f} M parameters, input {summary["image_size"][0]}x{summary["image_size"][1]},
-patch {summary["patch_size"]}) trained from scratch on synthetic invoices by `make pretrain`. Fine-tunes
+patch {summary["patch_size"]}{" through a stem of 3x3 convolutions" if summary["conv_stem"] else ""}) trained from scratch on synthetic invoices by `make pretrain`. Fine-tunes
 (`invoice model train`, the `invoice_training` DAG) start from this folder with `--base training/base` or `train.base`.
 
 ## How it was made
@@ -294,7 +294,8 @@ def pretrain(config: PretrainConfig, command: str, progress: bool = True) -> dic
         "minutes": minutes,
         "parameters": describe(model)["parameters"],
         "image_size": model_config.image_size,
-        "patch_size": model_config.patch_size,
+        "patch_size": model.encoder.config.patch_size,
+        "conv_stem": getattr(model.encoder.config, "conv_stem", False),  # a continued base keeps its own
         "crop_height": train_config.crop_height,
         "hardware": ", ".join(f"{k} {v}" for k, v in hardware.describe().items()),
         "bf16": hardware.bf16_supported(),

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 import torch
 
 from training.model import (
     build_model,
+    conv_stem,
     describe,
     encoder_grid,
     grid_position_codes,
@@ -42,6 +44,27 @@ def test_presets_build_and_generate(micro_config, tokenizer):
     out = model.generate(pixel_values, max_new_tokens=5, do_sample=False)
     assert out[0, 0].item() == tokenizer.convert_tokens_to_ids(TASK_TOKENS["invoice"])
     assert processor.image_processor.size == {"height": 320, "width": 240}
+
+
+def test_conv_stem_gives_the_patch_projection_grid(micro_config, tokenizer):
+    """The stem is a drop-in for the patch projection: the same token grid and width, whatever the patch size."""
+    for patch, width in ((4, 32), (8, 64), (16, 96)):
+        assert conv_stem(patch, width)(torch.zeros(2, 3, 320, 240)).shape == (
+            2,
+            width,
+            320 // patch,
+            240 // patch,
+        )
+    with pytest.raises(ValueError, match="patch size"):
+        conv_stem(6, 64)
+    model, _ = build_model(micro_config, tokenizer)
+    plain, _ = build_model(micro_config.with_overrides(conv_stem=False), tokenizer)
+    pixel_values, _ = inputs(micro_config, tokenizer)
+    with torch.no_grad():
+        shapes = {m.encoder(pixel_values=pixel_values).last_hidden_state.shape for m in (model, plain)}
+    assert len(shapes) == 1 and isinstance(
+        plain.encoder.embeddings.patch_embeddings.projection, torch.nn.Conv2d
+    )
 
 
 def test_save_and_load_pretrained_from_a_local_path_is_exact(micro_config, tokenizer, tmp_path):
