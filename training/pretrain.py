@@ -234,8 +234,9 @@ patch {summary["patch_size"]}{" through a stem of 3x3 convolutions" if summary["
   held out: {", ".join(config.holdout_layouts)} ({config.holdout_pages} pages, seed {config.seed + 1})
 - Curriculum: {config.crop_steps} steps reading bands of text lines ({config.crop_batch_size} bands of
   {summary["crop_height"]} px per step), then field extraction on whole pages ({config.batch_size} per step)
-  with every {config.crop_every}th step a band-reading step, all guided by the text's boxes (attention and glyph
-  losses); {summary["steps"]} steps in all, AdamW {config.learning_rate}, cosine schedule, {"bf16 autocast" if summary["bf16"] else "fp32 (no bf16 on this hardware)"}
+  with one step in {config.crop_every} reading bands, all guided by the text's boxes (attention and glyph
+  losses); {summary["steps"]} steps in all (the checkpoint kept is step {summary["kept_step"]}'s, the best
+  mean exact match on {config.eval_samples} validation pages), AdamW {config.learning_rate}, cosine schedule, {"bf16 autocast" if summary["bf16"] else "fp32 (no bf16 on this hardware)"}
 - Hardware: {summary["hardware"]}; {summary["minutes"]:.0f} minutes of training
 {earlier}
 ## Measured accuracy (exact match per field, greedy decoding)
@@ -291,6 +292,7 @@ def pretrain(config: PretrainConfig, command: str, progress: bool = True) -> dic
         "git_commit": commit,
         "run_id": result["run_id"],
         "steps": result["steps"],
+        "kept_step": result["best_step"],
         "minutes": minutes,
         "parameters": describe(model)["parameters"],
         "image_size": model_config.image_size,

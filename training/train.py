@@ -283,6 +283,7 @@ class TrainState:
     epoch: int = 0
     batch_in_epoch: int = 0
     best_score: float = -1.0
+    best_step: int = 0  # the step of the model kept in best/
     evals_without_improvement: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -533,7 +534,8 @@ def train(config: TrainConfig, log: Callback | None = None, progress: bool = Tru
                     state.step,
                 )
                 if selection > state.best_score:
-                    state.best_score, state.evals_without_improvement = selection, 0
+                    state.best_score, state.best_step = selection, state.step
+                    state.evals_without_improvement = 0
                     save_model(model, processor, output / "best")
                 else:
                     state.evals_without_improvement += 1
@@ -549,11 +551,13 @@ def train(config: TrainConfig, log: Callback | None = None, progress: bool = Tru
     save_checkpoint(output, model, optimizer, scheduler, state, config, guide)
     save_model(model, processor, output / "last")
     if not (output / "best").exists():
+        state.best_step = state.step
         save_model(model, processor, output / "best")
     return {
         "steps": state.step,
         "epochs": state.epoch,
         "best_mean_field_accuracy": state.best_score,
+        "best_step": state.best_step,
         "stopped_early": stopped_early,
         "model_dir": str(output / "best"),
         "final_loss": state.history[-1]["loss"] if state.history else None,

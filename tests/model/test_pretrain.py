@@ -105,6 +105,8 @@ def test_make_pretrain_smoke_exports_a_base_that_loads(tmp_path):
     assert "invoice model pretrain --smoke" in card and "boxed" in card and result["run_id"] in card
     held_out = json.loads((base / "scores.json").read_text())["holdout"]
     assert f"TED accuracy {held_out['ted_accuracy']:.3f}" in card
+    assert 1 <= result["kept_step"] <= 6 and f"the checkpoint kept is step {result['kept_step']}'s" in card
+    assert "through a stem of 3x3 convolutions" in card  # the tiny preset's
 
     import mlflow
 
