@@ -58,7 +58,7 @@ class ModelConfig:
 
 
 PRESETS: dict[str, ModelConfig] = {
-    # Trains on a 2-core CPU: ~5M parameters, patch 8, 0.45 s per batch-4 step in bf16 at 960x720.
+    # Trains on a 2-core CPU: ~5M parameters, patch 8, 1.1 s per batch-4 step in bf16 at 960x720 (make bench).
     "tiny": ModelConfig(),
     # For an accelerator: donut-base-like widths at a page-sized resolution.
     "gpu": ModelConfig(
