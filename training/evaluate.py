@@ -221,3 +221,12 @@ def mean_field_accuracy(scores: dict[str, Any], fields: tuple[str, ...] = SCALAR
     """Mean exact match over the scored fields: the early-stopping and gate criterion."""
     values = [scores["per_field"][f]["accuracy"] for f in fields if f in scores["per_field"]]
     return round(sum(values) / len(values), 4) if values else 0.0
+
+
+def flat_scores(scores: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """MLflow metric names for a scores dict: `f1`, `ted_accuracy`, `accuracy_total`, ..."""
+    metrics = {f"{prefix}{k}": float(v) for k, v in scores.items() if isinstance(v, int | float) and k != "n"}
+    metrics.update(
+        {f"{prefix}accuracy_{field}": v["accuracy"] for field, v in scores.get("per_field", {}).items()}
+    )
+    return metrics

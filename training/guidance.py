@@ -146,6 +146,8 @@ class ReadingGuide(torch.nn.Module):
     def forward(self, outputs: Any, where: torch.Tensor, glyphs: torch.Tensor, labels: torch.Tensor) -> dict:
         """`outputs` of the model called with `output_attentions=True`; returns the `attention` and `glyphs`
         losses and, to follow, `glyph_accuracy`: the share of the characters the glyph head names right."""
+        if not outputs.cross_attentions:
+            raise ValueError("the model returned no cross-attention weights: set its attention to eager")
         written = labels != -100
         attention = 0.0
         for layer in outputs.cross_attentions:  # (batch, heads, target, encoder tokens)

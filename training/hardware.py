@@ -6,6 +6,8 @@ import contextlib
 import os
 import platform
 import re
+import time
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -46,6 +48,38 @@ def autocast(enabled: bool = True) -> contextlib.AbstractContextManager:
     if not (enabled and bf16_supported()):
         return contextlib.nullcontext()
     return torch.autocast(device().type, dtype=torch.bfloat16)
+
+
+def synchronize() -> None:
+    """Wait for the device's queued work, so that wall-clock timings hold it."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def matmul_flops(dtype: torch.dtype, size: int | None = None, repeats: int = 10) -> float:
+    """The best measured matrix-multiply rate (FLOP/s) of the training device for a dtype: what model FLOP
+    utilisation is measured against (2048-wide matrices on a CPU, 8192 on a GPU, which small ones leave idle)."""
+    size = size or (8192 if torch.cuda.is_available() else 2048)
+    a, b = (torch.randn(size, size, dtype=dtype, device=device()) for _ in range(2))
+    torch.matmul(a, b)
+    synchronize()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        torch.matmul(a, b)
+        synchronize()
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best
+
+
+def counted_flops(work: Callable[[], object]) -> float:
+    """The floating-point operations of one call of `work` (e.g. a training step's forward and backward), as
+    PyTorch's FLOP counter counts them: matrix products and convolutions."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        work()
+    return float(counter.get_total_flops())
 
 
 def describe() -> dict[str, str | int | bool]:

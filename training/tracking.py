@@ -7,7 +7,6 @@ import io
 import json
 import os
 import urllib.request
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +15,12 @@ from mlflow.pyfunc import PythonModel
 from PIL import Image
 
 import mlflow
-from training import hardware, plots
+from training import plots
 from training.config import PROJECT_ROOT
-from training.evaluate import load_examples, score_by_slice
+from training.evaluate import flat_scores, load_examples, score_by_slice
 from training.model import describe, load_pretrained
 from training.predict import Prediction, predict
-from training.train import TrainConfig, evaluate_model, train
-from training.versioning import dataset_version, git_commit
+from training.train import TrainConfig, evaluate_model, run_params, train
 
 MODEL_NAME = "invoice-extractor"
 EXPERIMENT = "invoice-extractor"
@@ -91,26 +89,6 @@ def thumbnail_base64(path: Path, max_side: int) -> str:
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return base64.b64encode(buffer.getvalue()).decode()
-
-
-def flat_scores(scores: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """MLflow metric names for a scores dict: `f1`, `ted_accuracy`, `accuracy_total`, ..."""
-    metrics = {f"{prefix}{k}": float(v) for k, v in scores.items() if isinstance(v, int | float) and k != "n"}
-    metrics.update(
-        {f"{prefix}accuracy_{field}": v["accuracy"] for field, v in scores.get("per_field", {}).items()}
-    )
-    return metrics
-
-
-def run_params(config: TrainConfig) -> dict[str, Any]:
-    """Every hyperparameter, the architecture, the exact data version, the code version and the hardware."""
-    params: dict[str, Any] = asdict(config)
-    if not config.base:
-        params.update({f"model_{k}": v for k, v in asdict(config.model_config()).items()})
-    params.update(dataset_version(Path(config.data)))
-    params["git_commit"] = git_commit()
-    params.update({f"hw_{k}": v for k, v in hardware.describe().items()})
-    return params
 
 
 def log_extractor(

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from training import hardware
 from training.evaluate import Example, load_examples, mean_field_accuracy, score
 from training.guidance import (
     Line,
@@ -37,6 +38,7 @@ from training.hardware import autocast, device
 from training.model import PRESETS, ModelConfig, build_model, encoder_grid, load_pretrained, save_model
 from training.predict import predict
 from training.tokenizer import TASK_TOKENS, build_tokenizer, json2token, label_corpus, load_tokenizer
+from training.versioning import dataset_version, git_commit
 
 IGNORE_INDEX = -100
 
@@ -84,6 +86,17 @@ class TrainConfig:
 
     def model_config(self) -> ModelConfig:
         return PRESETS[self.preset].with_overrides(image_size=self.image_size, max_length=self.max_length)
+
+
+def run_params(config: TrainConfig) -> dict[str, Any]:
+    """Every hyperparameter, the architecture, the exact data version, the code version and the hardware."""
+    params: dict[str, Any] = asdict(config)
+    if not config.base:
+        params.update({f"model_{k}": v for k, v in asdict(config.model_config()).items()})
+    params.update(dataset_version(Path(config.data)))
+    params["git_commit"] = git_commit()
+    params.update({f"hw_{k}": v for k, v in hardware.describe().items()})
+    return params
 
 
 def task_at(config: TrainConfig, step: int) -> str:
@@ -404,15 +417,36 @@ Callback = Callable[[str, dict[str, Any], int], None]
 def reading_guide(config: TrainConfig, model, examples: list[Example]) -> ReadingGuide | None:
     """The guidance losses' module for a reading curriculum (band steps) on pages with line boxes: its band and
     field steps are guided. A plain fine-tune is not: in a short run the extra losses compete with the fields'
-    (the gate tests' 200-step model missed its floors with them). The decoder then computes its attention
-    weights explicitly (eager), since the fused kernels do not return them."""
+    (the gate tests' 200-step model missed its floors with them). The model then computes its attention
+    weights explicitly (eager), since the fused kernels do not return them: set on the whole model, as
+    transformers 5.17 takes the cross-attention's implementation from the top-level config."""
     curriculum = config.crop_steps or config.crop_every
     if not (curriculum and (config.attention_guidance or config.glyph_guidance)) or not any(
         e.meta.get("lines") for e in examples
     ):
         return None
-    model.decoder.set_attn_implementation("eager")
+    model.set_attn_implementation("eager")
     return ReadingGuide(model.encoder.config.hidden_size).to(next(model.parameters()).device)
+
+
+def batch_loss(
+    model, guide: ReadingGuide | None, batch: dict[str, torch.Tensor], config: TrainConfig
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """A batch's training loss, the guidance losses added where the batch has their targets, and those terms."""
+    target = next(model.parameters()).device
+    batch = {k: v.to(target) for k, v in batch.items()}
+    where, glyphs = batch.pop("where", None), batch.pop("glyphs", None)
+    guided = guide is not None and where is not None
+    with autocast(config.bf16):
+        outputs = model(**batch, output_attentions=guided)
+        if not guided:
+            return outputs.loss, {}
+        guidance = guide(outputs, where, glyphs, batch["labels"])
+        return (
+            outputs.loss
+            + config.attention_guidance * guidance["attention"]
+            + config.glyph_guidance * guidance["glyphs"]
+        ), guidance
 
 
 def train(config: TrainConfig, log: Callback | None = None, progress: bool = True) -> dict[str, Any]:
@@ -421,8 +455,7 @@ def train(config: TrainConfig, log: Callback | None = None, progress: bool = Tru
     seed_everything(config.seed)
     output = Path(config.output)
     model, processor, train_examples, eval_examples = prepare(config)
-    target = device()
-    model.to(target)
+    model.to(device())
     max_length = model.generation_config.max_length
     dataset = InvoicePages(train_examples, processor, max_length)
     eval_subset = eval_examples[: config.eval_samples]
@@ -479,22 +512,9 @@ def train(config: TrainConfig, log: Callback | None = None, progress: bool = Tru
             )
             loss_sum, guidance = 0.0, {}
             for batch in group:
-                batch = {k: v.to(target) for k, v in batch.items()}
-                where, glyphs = batch.pop("where", None), batch.pop("glyphs", None)
-                guided = guide is not None and where is not None
-                with autocast(config.bf16):
-                    outputs = model(**batch, output_attentions=guided)
-                    loss = outputs.loss
-                    if guided:
-                        guidance = guide(outputs, where, glyphs, batch["labels"])
-                        loss = (
-                            loss
-                            + config.attention_guidance * guidance["attention"]
-                            + config.glyph_guidance * guidance["glyphs"]
-                        )
-                    loss = loss / len(group)
-                loss.backward()
-                loss_sum += loss.item()
+                loss, guidance = batch_loss(model, guide, batch, config)
+                (loss / len(group)).backward()
+                loss_sum += loss.item() / len(group)
                 window_samples += len(batch["labels"])
             torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
             optimizer.step()

@@ -108,20 +108,6 @@ again, on {machine()}.
 """
 
 
-def matmul_flops(dtype, size: int = 2048, repeats: int = 10) -> float:
-    """This CPU's best measured matrix-multiply rate (FLOP/s) for a dtype."""
-    import torch
-
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    torch.matmul(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        torch.matmul(a, b)
-        best = min(best, time.perf_counter() - started)
-    return 2 * size**3 / best
-
-
 def training_throughput(
     config,
     tokenizer,
@@ -136,9 +122,8 @@ def training_throughput(
     """(samples/s, FLOP per step, s per step) for training steps on random pages with a typical target length,
     under a torch thread count, channels-last memory format or torch.compile."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
-    from training.hardware import autocast
+    from training.hardware import autocast, counted_flops
     from training.model import build_model
 
     previous_threads = torch.get_num_threads()
@@ -164,8 +149,9 @@ def training_throughput(
         optimizer.zero_grad()
 
     try:
-        with FlopCounterMode(display=False) as counter:
-            (model if compiled else forward)(pixel_values=pixels, labels=labels).loss.backward()
+        flops = counted_flops(
+            lambda: (model if compiled else forward)(pixel_values=pixels, labels=labels).loss.backward()
+        )
         optimizer.zero_grad()
         step()  # warm-up (and compilation)
         started = time.perf_counter()
@@ -174,7 +160,7 @@ def training_throughput(
         seconds = (time.perf_counter() - started) / steps
     finally:
         torch.set_num_threads(previous_threads)
-    return batch_size / seconds, counter.get_total_flops(), seconds
+    return batch_size / seconds, flops, seconds
 
 
 def batch_assembly_seconds(config, tokenizer, batch_size: int = 4, repeats: int = 20) -> float:
@@ -620,7 +606,7 @@ def bench_model() -> str:
     against the CPU's matmul rate; batch assembly; greedy-decoding latency."""
     import torch
 
-    from training.hardware import bf16_supported
+    from training.hardware import bf16_supported, matmul_flops
     from training.model import PRESETS, ModelConfig
     from training.pretrain import BASE_DIR
     from training.tokenizer import load_tokenizer
