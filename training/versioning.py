@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -89,12 +90,17 @@ def dataset_version(folder: Path) -> dict[str, Any]:
 
 
 def git_commit(cwd: Path = PROJECT_ROOT) -> str:
-    """HEAD's commit, with `-dirty` when tracked files have uncommitted changes."""
+    """HEAD's commit, with `-dirty` when tracked files have uncommitted changes. A copy of the tree without its
+    repository (e.g. sent to a GPU machine) names its commit in INVOICE_GIT_COMMIT."""
 
     def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=cwd, capture_output=True, text=True, check=False
-        ).stdout.strip()
+        try:
+            done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)
+        except FileNotFoundError:  # no git on this machine
+            return ""
+        return done.stdout.strip()
 
-    commit = git("rev-parse", "HEAD") or "unknown"
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return os.environ.get("INVOICE_GIT_COMMIT", "unknown")
     return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")

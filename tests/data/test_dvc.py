@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from training.versioning import DataVersionError, data_version
+from training.versioning import DataVersionError, data_version, git_commit
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -89,3 +89,12 @@ def test_project_pipeline_on_a_fresh_clone(tmp_path):
     assert digest(second / "data") == digest(first / "data")
     assert digest(second / "var/synthetic") == digest(first / "var/synthetic")
     assert run("dvc", "status", "--json", cwd=second, env=env).strip() == "{}"
+
+
+def test_git_commit_of_a_tree_without_its_repository(tmp_path, monkeypatch):
+    """A copy of the working tree sent to another machine names its commit through INVOICE_GIT_COMMIT."""
+    monkeypatch.delenv("INVOICE_GIT_COMMIT", raising=False)
+    assert git_commit(tmp_path) == "unknown"
+    monkeypatch.setenv("INVOICE_GIT_COMMIT", "0123abcd")
+    assert git_commit(tmp_path) == "0123abcd"
+    assert git_commit(REPO_ROOT).startswith(run("git", "rev-parse", "HEAD", cwd=REPO_ROOT).strip())
