@@ -102,7 +102,7 @@ AIRFLOW_RUN = PATH=$(abspath $(AIRFLOW)/bin):$$PATH AIRFLOW__API_AUTH__JWT_SECRE
 export PATH := $(abspath $(ML)/bin):$(PATH)
 export INVOICE_PROJECT_ROOT := $(CURDIR)
 
-.PHONY: help setup lock data validate train pretrain evaluate gate rollback up down test lint bench demo clean
+.PHONY: help setup lock data validate train pretrain gpu-bundle evaluate gate rollback up down test lint bench demo clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -156,6 +156,13 @@ train: setup ## Fine-tune Donut (params.yaml train:; ARGS="--max-steps 200"), tr
 
 pretrain: setup ## Reproduce the shipped base reader training/base (params.yaml pretrain:; ARGS="--smoke" for a few steps), tracked in MLflow
 	invoice model pretrain $(ARGS)
+
+GPU_SITE_PACKAGES := zss font_lato font_caladea font_source_sans_pro font_source_serif_pro font_roboto
+gpu-bundle: setup ## The packages a bare GPU machine lacks for training/gpu_pretrain.sh, into .gpu/site (pure Python)
+	rm -rf .gpu/site && mkdir -p .gpu/site
+	cd $$($(ML)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') && \
+		cp -r $(GPU_SITE_PACKAGES) $(CURDIR)/.gpu/site/
+	@du -sh .gpu/site
 
 evaluate: setup ## Score MODEL (default: champion, else challenger) on DATASET (Donut split or labels.jsonl folder)
 	invoice model evaluate $(DATASET) $(if $(MODEL),--model $(MODEL)) $(ARGS)

@@ -258,15 +258,37 @@ def pretrain_cmd(
         ),
     ] = None,
     learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    tracking: Annotated[
+        bool,
+        typer.Option(
+            help="Track in MLflow. --no-tracking (a machine without MLflow, e.g. a bare GPU machine) writes the "
+            "metrics into the export folder for --record."
+        ),
+    ] = True,
+    fit_batch: Annotated[
+        bool, typer.Option(help="On a GPU, grow the batches to the largest that fits its memory.")
+    ] = False,
+    record: Annotated[
+        Path | None,
+        typer.Option(
+            help="Log the --no-tracking run exported in this folder as an MLflow run, and export it to "
+            "--export-to with its card."
+        ),
+    ] = None,
 ) -> None:
     """Reproduce the base reader: synthetic pages, tokenizer, reading curriculum, held-out evaluation, export."""
     from dataclasses import replace
 
     from training.config import from_section
-    from training.pretrain import PretrainConfig, pretrain
-    from training.tracking import use_tracking
+    from training.pretrain import PretrainConfig, pretrain, record_run
 
     config = from_section(PretrainConfig, load_params("pretrain"))
+    if record is not None:
+        result = record_run(record, Path(export_to or config.export_to))
+        console.print(
+            f"[green]recorded[/] MLflow run {result['run_id']}; base reader in {result['export_to']}"
+        )
+        return
     config = config.smoke() if smoke else config
     overrides = {
         "max_steps": max_steps,
@@ -276,10 +298,10 @@ def pretrain_cmd(
         **({"init": init, "crop_steps": 0, "warmup_steps": 20} if init else {}),  # its band stage is done
     }
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    console.print(
-        f"tracking to {use_tracking()}; pretraining into {config.output}, exporting to {config.export_to}"
+    console.print(f"pretraining into {config.output}, exporting to {config.export_to}")
+    result = pretrain(
+        config, "invoice model pretrain " + " ".join(sys.argv[3:]), tracked=tracking, fit_batch=fit_batch
     )
-    result = pretrain(config, command="invoice model pretrain " + " ".join(sys.argv[3:]))
     held_out = {k: v["accuracy"] for k, v in result["holdout_scores"]["per_field"].items()}
     console.print(
         f"[green]base reader[/] {result['export_to']} ({result['size_mb']} MB); held-out family: {held_out}"

@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw
 from training.evaluate import load_examples
 from training.guidance import GLYPH_SLOTS
 from training.model import PRESETS, build_model
+from training.pretrain import largest_fitting
 from training.schema import FIELDS
 from training.synth.degrade import rotate_box
 from training.synth.generate import GeneratorConfig, generate_dataset
@@ -108,10 +109,13 @@ def test_make_pretrain_smoke_exports_a_base_that_loads(tmp_path):
     assert 1 <= result["kept_step"] <= 6 and f"the checkpoint kept is step {result['kept_step']}'s" in card
     assert "through a stem of 3x3 convolutions" in card  # the tiny preset's
 
+    assert f"model FLOP utilisation {result['throughput']['model_flops_utilisation']:.0%}" in card
+
     import mlflow
 
     run = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).get_run(result["run_id"])
     assert "holdout_accuracy_total" in run.data.metrics and run.data.params["crop_steps"] == "2"
+    assert run.data.metrics["images_per_s"] > 0 and 0 < run.data.metrics["model_flops_utilisation"] < 1
     assert run.data.params["pretrain_holdout_layouts"] == "('boxed',)"
 
     from training.model import load_pretrained
@@ -142,6 +146,59 @@ def test_make_pretrain_smoke_exports_a_base_that_loads(tmp_path):
     card = (tmp_path / "next" / "README.md").read_text()
     assert f"continued from ({base})" in card and result["run_id"] in card.split("### Before that")[1]
     assert (tmp_path / "next" / "tokenizer.json").read_bytes() == (base / "tokenizer.json").read_bytes()
+
+
+def test_untracked_pretraining_is_recorded_in_mlflow_later(tmp_path):
+    """A machine without MLflow (a bare GPU machine) pretrains with --no-tracking; back here, --record logs the
+    run's parameters, step metrics, scores and throughput as an MLflow run and exports the base with its card."""
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["pretrain"]["output"] = str(tmp_path / "pretrain")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    no_mlflow = tmp_path / "no-mlflow"
+    no_mlflow.mkdir()
+    (no_mlflow / "mlflow.py").write_text("raise ImportError('no MLflow on this machine')\n")
+    env = {**os.environ, "INVOICE_PARAMS": str(tmp_path / "params.yaml")}
+    untracked = subprocess.run(
+        ["invoice", "model", "pretrain", "--smoke", "--no-tracking", "--export-to", str(tmp_path / "device")],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(no_mlflow)},
+        capture_output=True,
+        text=True,
+    )
+    assert untracked.returncode == 0, untracked.stderr[-3000:]
+    device = tmp_path / "device"
+    steps = [json.loads(line)["step"] for line in (device / "metrics.jsonl").read_text().splitlines()]
+    assert steps and max(steps) == 6
+    assert "not tracked yet" in (device / "README.md").read_text()
+
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    recorded = subprocess.run(
+        ["invoice", "model", "pretrain", "--record", str(device), "--export-to", str(tmp_path / "base")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert recorded.returncode == 0, recorded.stderr[-3000:]
+    import mlflow
+
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    (run,) = client.search_runs([client.get_experiment_by_name("invoice-extractor").experiment_id])
+    assert run.data.params["crop_steps"] == "2" and "data_version" in run.data.params
+    assert "holdout_accuracy_total" in run.data.metrics and "final_f1" in run.data.metrics
+    assert run.data.metrics["model_flops_utilisation"] > 0
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == sorted(set(steps))
+    card = (tmp_path / "base" / "README.md").read_text()
+    assert f"MLflow run `{run.info.run_id}`" in card and "--no-tracking" in card
+    assert (tmp_path / "base" / "model.safetensors").read_bytes() == (
+        device / "model.safetensors"
+    ).read_bytes()
+
+
+def test_largest_fitting_batch_doubles_while_it_fits():
+    assert largest_fitting(lambda size: size <= 48, start=4, cap=256) == 32
+    assert largest_fitting(lambda size: True, start=4, cap=100) == 64
+    assert largest_fitting(lambda size: False, start=4, cap=256) == 4
 
 
 @pytest.fixture(scope="module")
