@@ -49,6 +49,7 @@ class PretrainConfig:
     seed: int = 7
     holdout_layouts: tuple[str, ...] = ("boxed",)  # never trained on: the generalisation test
     holdout_pages: int = 100
+    stem_steps: int = 3000
     crop_steps: int = 1500
     crop_every: int = 3
     max_steps: int = 6000
@@ -77,6 +78,7 @@ class PretrainConfig:
             export_to=str(Path(self.output) / "smoke" / "base"),
             pages=24,
             holdout_pages=4,
+            stem_steps=4,
             crop_steps=2,
             crop_every=2,
             max_steps=6,
@@ -106,6 +108,7 @@ class PretrainConfig:
             checkpoint_every=self.checkpoint_every,
             vocab_size=self.vocab_size,
             max_length=self.max_length,
+            stem_steps=self.stem_steps,
             crop_steps=self.crop_steps,
             crop_every=self.crop_every,
             crop_batch_size=self.crop_batch_size,
@@ -367,6 +370,13 @@ def _throughput_line(figures: dict[str, float]) -> str:
     )
 
 
+def _stem_stage(config: PretrainConfig, summary: dict[str, Any]) -> str:
+    """The card's words for curriculum stage 0, where it ran: a fresh model with a convolution stem."""
+    if not (config.stem_steps and config.init is None and summary["conv_stem"]):
+        return ""
+    return f"{config.stem_steps} steps of the convolution stem alone naming single characters (crops), then "
+
+
 def model_card(config: PretrainConfig, summary: dict[str, Any]) -> str:
     """The base checkpoint's README: how it was made and what it measured."""
     held_out, seen = summary["holdout_scores"], summary["validation_scores"]
@@ -387,7 +397,7 @@ patch {summary["patch_size"]}{" through a stem of 3x3 convolutions" if summary["
 - Commit: `{summary["git_commit"]}`; {_run_line(summary["run_id"])}
 - Data: {config.pages} synthetic pages, seed {config.seed}, layout families {", ".join(config.layouts)};
   held out: {", ".join(config.holdout_layouts)} ({config.holdout_pages} pages, seed {config.seed + 1})
-- Curriculum: {config.crop_steps} steps reading bands of text lines ({config.crop_batch_size} bands of
+- Curriculum: {_stem_stage(config, summary)}{config.crop_steps} steps reading bands of text lines ({config.crop_batch_size} bands of
   {summary["crop_height"]} px per step), then field extraction on whole pages ({config.batch_size} per step)
   with one step in {config.crop_every} reading bands, all guided by the text's boxes (attention and glyph
   losses); {summary["steps"]} steps in all (the checkpoint kept is step {summary["kept_step"]}'s, the best

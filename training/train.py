@@ -26,12 +26,16 @@ from transformers import get_cosine_schedule_with_warmup
 from training import hardware
 from training.evaluate import Example, load_examples, mean_field_accuracy, score
 from training.guidance import (
+    CHARACTER_CLASS,
+    OTHER_CHARACTER,
     Line,
     ReadingGuide,
     attention_targets,
+    character_box,
     glyph_targets,
     line_characters,
     token_boxes,
+    train_stem,
     value_characters,
 )
 from training.hardware import autocast, device
@@ -41,6 +45,7 @@ from training.tokenizer import TASK_TOKENS, build_tokenizer, json2token, label_c
 from training.versioning import dataset_version, git_commit
 
 IGNORE_INDEX = -100
+STEM_CROPS_PER_STEP = 256
 
 
 @dataclass
@@ -72,7 +77,10 @@ class TrainConfig:
     train_split: str = "train"
     eval_split: str = "validation"
     vocab_size: int = 2000
-    # Curriculum: `crop_steps` of reading bands of text lines, then `reading_steps` of whole pages (Donut's
+    # Curriculum stage 0: a fresh model's convolution stem first learns glyphs alone, on `stem_steps` steps of
+    # character crops (cheap: no Swin, no decoder).
+    stem_steps: int = 0
+    # Then `crop_steps` of reading bands of text lines, then `reading_steps` of whole pages (Donut's
     # pretraining task), then field extraction with every `crop_every`-th step a band-reading step.
     crop_steps: int = 0
     reading_steps: int = 0
@@ -185,6 +193,33 @@ class InvoicePages(Dataset):
         if blank_from < height:
             band[:, blank_from:] = band[:, blank_from:].flatten(1).median(dim=1).values[:, None, None]
         return band, inside
+
+    def character_crops(
+        self, size: int, stride: int, rng: random.Random
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`size` crops (3, 3 * stride, 3 * stride) around single characters of random pages with line boxes, each
+        character's centre at a random place in the middle `stride` cell, and their glyph classes (`train_stem`).
+        Up to 32 characters per page, so a batch still sees many fonts and degradations."""
+        candidates = [i for i, e in enumerate(self.examples) if e.meta.get("lines")]
+        if not candidates:
+            raise ValueError("no page has line boxes to crop characters from")
+        crops, classes = [], []
+        while len(crops) < size:
+            index = rng.choice(candidates)
+            page, lines = self.pixels(index), self.page_lines(index) or []
+            inked = [(line, at) for line in lines for at, ink in enumerate(line[4]) if not ink.isspace()]
+            for line, at in rng.sample(inked, min(32, len(inked), size - len(crops))):
+                top, left, bottom, right = character_box(line, at)
+                corner = [
+                    min(max(0, int(centre) - stride - rng.randrange(stride)), extent - 3 * stride)
+                    for centre, extent in (
+                        ((top + bottom) / 2, page.shape[1]),
+                        ((left + right) / 2, page.shape[2]),
+                    )
+                ]
+                crops.append(page[:, corner[0] : corner[0] + 3 * stride, corner[1] : corner[1] + 3 * stride])
+                classes.append(CHARACTER_CLASS.get(line[4][at], OTHER_CHARACTER))
+        return torch.stack(crops), torch.tensor(classes)
 
     def placement(self, index: int) -> tuple[float, int, int]:
         """How the processor placed page `index`: its scale and the padding above and left of it (it pads
@@ -429,6 +464,28 @@ def reading_guide(config: TrainConfig, model, examples: list[Example]) -> Readin
     return ReadingGuide(model.encoder.config.hidden_size).to(next(model.parameters()).device)
 
 
+def stem_stage(config: TrainConfig, model, dataset: InvoicePages, log: Callback, progress: bool) -> None:
+    """Curriculum stage 0 for a fresh model with a convolution stem: the stem learns glyphs on character crops
+    (`train_stem`) before the whole model trains; logs the share it names right as `stem_glyph_accuracy`."""
+    if not (config.stem_steps and config.base is None and getattr(model.encoder.config, "conv_stem", False)):
+        return
+    stride = model.encoder.config.patch_size
+    bar = tqdm(total=config.stem_steps, desc="stem glyphs", unit="step", disable=not progress)
+
+    def advance(step: int, named: float) -> None:
+        bar.update()
+        bar.set_postfix(named=f"{named:.2f}")
+
+    named = train_stem(
+        model.encoder.embeddings.patch_embeddings.projection,
+        lambda rng: dataset.character_crops(STEM_CROPS_PER_STEP, stride, rng),
+        config.stem_steps,
+        progress=advance,
+    )
+    bar.close()
+    log("step", {"stem_glyph_accuracy": named}, 0)
+
+
 def batch_loss(
     model, guide: ReadingGuide | None, batch: dict[str, torch.Tensor], config: TrainConfig
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -468,6 +525,8 @@ def train(config: TrainConfig, log: Callback | None = None, progress: bool = Tru
         optimizer, min(config.warmup_steps, total_steps // 10), total_steps
     )
     state = load_checkpoint(output, model, optimizer, scheduler, config, guide) or TrainState()
+    if state.step == 0:
+        stem_stage(config, model, dataset, log, progress)
     (output / "config.json").parent.mkdir(parents=True, exist_ok=True)
     (output / "config.json").write_text(json.dumps(asdict(config), indent=2, default=str))
 

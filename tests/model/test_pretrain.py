@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from PIL import Image, ImageDraw
 
@@ -84,6 +85,19 @@ def test_bands_hold_exactly_the_lines_inside_them(tmp_path, tokenizer):
     assert (batch["decoder_input_ids"][:, 0] == reading).all()
 
 
+def test_character_crops_centre_a_character_in_their_middle_cell(tmp_path, tokenizer):
+    """Curriculum stage 0's crops: the character named lies in the middle 8 px cell, where the ink is."""
+    generate_dataset(GeneratorConfig(n=4, seed=5, degrade_share=0.0, pdf_share=0.0), tmp_path, progress=False)
+    _, processor = build_model(PRESETS["tiny"], tokenizer)
+    pages = InvoicePages(load_examples(tmp_path / "train"), processor, max_length=512)
+    crops, classes = pages.character_crops(300, 8, random.Random(0))
+    assert crops.shape == (300, 3, 24, 24) and crops.dtype == torch.uint8
+    assert (classes > 0).all() and len(set(classes.tolist())) > 20
+    ink = (255 - crops.float().mean(1)).mean((0, 2))  # per row, over crops and columns
+    middle, above_below = ink[8:16].mean(), ink[[*range(4), *range(20, 24)]].mean()  # the line, between lines
+    assert middle > above_below + 15, ink
+
+
 def test_make_pretrain_smoke_exports_a_base_that_loads(tmp_path):
     """`make pretrain ARGS=--smoke`'s command end to end: pages, tokenizer, curriculum, MLflow run, export."""
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
@@ -108,6 +122,7 @@ def test_make_pretrain_smoke_exports_a_base_that_loads(tmp_path):
     assert f"TED accuracy {held_out['ted_accuracy']:.3f}" in card
     assert 1 <= result["kept_step"] <= 6 and f"the checkpoint kept is step {result['kept_step']}'s" in card
     assert "through a stem of 3x3 convolutions" in card  # the tiny preset's
+    assert "4 steps of the convolution stem alone naming single characters" in card  # curriculum stage 0
 
     assert f"model FLOP utilisation {result['throughput']['model_flops_utilisation']:.0%}" in card
 
@@ -115,6 +130,7 @@ def test_make_pretrain_smoke_exports_a_base_that_loads(tmp_path):
 
     run = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).get_run(result["run_id"])
     assert "holdout_accuracy_total" in run.data.metrics and run.data.params["crop_steps"] == "2"
+    assert 0 <= run.data.metrics["stem_glyph_accuracy"] <= 1
     assert run.data.metrics["images_per_s"] > 0 and 0 < run.data.metrics["model_flops_utilisation"] < 1
     assert run.data.params["pretrain_holdout_layouts"] == "('boxed',)"
 
@@ -145,6 +161,7 @@ def test_make_pretrain_smoke_exports_a_base_that_loads(tmp_path):
     assert continued.returncode == 0, continued.stderr[-3000:]
     card = (tmp_path / "next" / "README.md").read_text()
     assert f"continued from ({base})" in card and result["run_id"] in card.split("### Before that")[1]
+    assert "naming single characters" not in card.split("### Before that")[0]  # its stem had learnt already
     assert (tmp_path / "next" / "tokenizer.json").read_bytes() == (base / "tokenizer.json").read_bytes()
 
 
@@ -167,8 +184,9 @@ def test_untracked_pretraining_is_recorded_in_mlflow_later(tmp_path):
     )
     assert untracked.returncode == 0, untracked.stderr[-3000:]
     device = tmp_path / "device"
-    steps = [json.loads(line)["step"] for line in (device / "metrics.jsonl").read_text().splitlines()]
-    assert steps and max(steps) == 6
+    logged = [json.loads(line) for line in (device / "metrics.jsonl").read_text().splitlines()]
+    steps = [record["step"] for record in logged if "loss" in record]
+    assert steps and max(steps) == 6 and any("stem_glyph_accuracy" in record for record in logged)
     assert "not tracked yet" in (device / "README.md").read_text()
 
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -186,7 +204,7 @@ def test_untracked_pretraining_is_recorded_in_mlflow_later(tmp_path):
     (run,) = client.search_runs([client.get_experiment_by_name("invoice-extractor").experiment_id])
     assert run.data.params["crop_steps"] == "2" and "data_version" in run.data.params
     assert "holdout_accuracy_total" in run.data.metrics and "final_f1" in run.data.metrics
-    assert run.data.metrics["model_flops_utilisation"] > 0
+    assert run.data.metrics["model_flops_utilisation"] > 0 and "stem_glyph_accuracy" in run.data.metrics
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == sorted(set(steps))
     card = (tmp_path / "base" / "README.md").read_text()
     assert f"MLflow run `{run.info.run_id}`" in card and "--no-tracking" in card
