@@ -51,6 +51,9 @@ class ModelConfig:
     # Overlapping 3x3 stride-2 convolutions in place of Swin's one patch projection. Trained from scratch, the
     # projection's encoder stalls at naming ~0.15 of the characters; with the stem it passes 0.3 (glyph probe).
     conv_stem: bool = True
+    # A stride-1 3x3 convolution after each stride-2 one but the last (five layers at patch 8): after stage 0 the
+    # glyph probe names 0.29 of held-out characters at 400 steps, against 0.19 with the three-layer stem.
+    deep_stem: bool = True
 
     def with_overrides(self, **overrides: Any) -> ModelConfig:
         known = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if v is not None}
@@ -72,6 +75,7 @@ PRESETS: dict[str, ModelConfig] = {
         decoder_heads=8,
         decoder_ffn_dim=2048,
         conv_stem=False,  # a pretrained Donut's patch projection is what it would start from
+        deep_stem=False,
     ),
 }
 
@@ -122,26 +126,35 @@ def _attach_grid_positions(model: VisionEncoderDecoderModel) -> None:
         model.encoder.register_forward_hook(_add_grid_positions, with_kwargs=True)
 
 
-def conv_stem(patch_size: int, embed_dim: int) -> torch.nn.Sequential:
-    """3x3 stride-2 convolutions (batch norm, GELU between) down to `patch_size`, widening to `embed_dim`: the
-    patch projection's drop-in (same input, same output grid)."""
+def conv_stem(patch_size: int, embed_dim: int, deep: bool = False) -> torch.nn.Sequential:
+    """3x3 stride-2 convolutions (batch norm, GELU between) down to `patch_size`, widening to `embed_dim`, each but
+    the last followed by a stride-1 one where `deep`: the patch projection's drop-in (same input, same output
+    grid)."""
     steps = patch_size.bit_length() - 1
     if patch_size != 2**steps or steps < 2:
         raise ValueError(f"a convolution stem needs a patch size of 4, 8, 16...; got {patch_size}")
     widths = [embed_dim // 2 + embed_dim // 2 * index // (steps - 1) for index in range(steps)]
+    plan = [(width, 2) for width in widths]  # (output channels, stride) of each convolution
+    if deep:
+        plan = [layer for width in widths[:-1] for layer in ((width, 2), (width, 1))] + plan[-1:]
     layers: list[torch.nn.Module] = []
-    for index, width in enumerate(widths):
-        layers.append(torch.nn.Conv2d(widths[index - 1] if index else 3, width, 3, stride=2, padding=1))
-        if index < steps - 1:
+    channels = 3
+    for index, (width, stride) in enumerate(plan):
+        layers.append(torch.nn.Conv2d(channels, width, 3, stride=stride, padding=1))
+        if index < len(plan) - 1:
             layers += [torch.nn.BatchNorm2d(width), torch.nn.GELU()]
+        channels = width
     return torch.nn.Sequential(*layers)
 
 
 def _attach_conv_stem(model: VisionEncoderDecoderModel) -> None:
-    """Swap the encoder's patch projection for `conv_stem` when its config asks for one (saved in config.json)."""
+    """Swap the encoder's patch projection for `conv_stem` when its config asks for one (saved in config.json; a
+    config without `deep_stem` predates it and has three layers)."""
     config = model.encoder.config
     if getattr(config, "conv_stem", False):
-        model.encoder.embeddings.patch_embeddings.projection = conv_stem(config.patch_size, config.embed_dim)
+        model.encoder.embeddings.patch_embeddings.projection = conv_stem(
+            config.patch_size, config.embed_dim, getattr(config, "deep_stem", False)
+        )
 
 
 def _configure_generation(model: VisionEncoderDecoderModel, tokenizer, max_length: int) -> None:
@@ -166,6 +179,7 @@ def build_model(config: ModelConfig, tokenizer) -> tuple[VisionEncoderDecoderMod
             window_size=config.window_size,
             grid_positions=config.grid_positions,
             conv_stem=config.conv_stem,
+            deep_stem=config.deep_stem,
         )
     )
     decoder = MBartForCausalLM(
@@ -308,6 +322,7 @@ def _infer_donut_python_config(state: dict[str, torch.Tensor], settings: dict[st
         max_length=state["decoder.model.model.decoder.embed_positions.weight"].shape[0] - 2,
         grid_positions=False,  # Donut's own encoder has none
         conv_stem=False,
+        deep_stem=False,
     )
 
 
@@ -339,6 +354,8 @@ def describe(model: VisionEncoderDecoderModel, config: ModelConfig | None = None
     """Parameter counts and architecture, for run parameters and model cards."""
     info = {"parameters": sum(p.numel() for p in model.parameters())}
     info["encoder_parameters"] = sum(p.numel() for p in model.encoder.parameters())
+    projection = model.encoder.embeddings.patch_embeddings.projection
+    info["stem_convolutions"] = sum(isinstance(m, torch.nn.Conv2d) for m in projection.modules())
     if config is not None:
         info.update({k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()})
     return info

@@ -389,7 +389,7 @@ def model_card(config: PretrainConfig, summary: dict[str, Any]) -> str:
 
 A tiny Donut (transformers' `VisionEncoderDecoderModel`: DonutSwin encoder, MBart decoder;
 {summary["parameters"] / 1e6:.1f} M parameters, input {summary["image_size"][0]}x{summary["image_size"][1]},
-patch {summary["patch_size"]}{" through a stem of 3x3 convolutions" if summary["conv_stem"] else ""}) trained from scratch on synthetic invoices by `make pretrain`. Fine-tunes
+patch {summary["patch_size"]}{f" through a {summary['stem_convolutions']}-layer stem of 3x3 convolutions" if summary["conv_stem"] else ""}) trained from scratch on synthetic invoices by `make pretrain`. Fine-tunes
 (`invoice model train`, the `invoice_training` DAG) start from this folder with `--base training/base` or `train.base`.
 
 ## How it was made
@@ -460,6 +460,7 @@ def pretrain(
     model_dir = Path(result["model_dir"])
     model, _ = load_pretrained(model_dir)
     model_config = train_config.model_config()
+    architecture = describe(model)
     summary = {
         "command": command,
         "git_commit": commit,
@@ -468,10 +469,11 @@ def pretrain(
         "kept_step": result["best_step"],
         "minutes": minutes,
         "throughput": throughput(train_config, result["steps"], minutes * 60),
-        "parameters": describe(model)["parameters"],
+        "parameters": architecture["parameters"],
         "image_size": model_config.image_size,
         "patch_size": model.encoder.config.patch_size,
         "conv_stem": getattr(model.encoder.config, "conv_stem", False),  # a continued base keeps its own
+        "stem_convolutions": architecture["stem_convolutions"],
         "crop_height": train_config.crop_height,
         "hardware": ", ".join(f"{k} {v}" for k, v in hardware.describe().items()),
         "bf16": hardware.bf16_supported(),

@@ -584,11 +584,13 @@ def bench_glyphs(steps: int = 1000, every: int = 250) -> str:
     stem_steps = PretrainConfig().stem_steps
     variants = {
         "Swin's 8x8 patch projection (`conv_stem: false`)": ({"conv_stem": False}, 0),
-        "three 3x3 stride-2 convolutions (`conv_stem: true`, the tiny preset)": ({}, 0),
+        "three 3x3 stride-2 convolutions (`conv_stem: true, deep_stem: false`)": ({"deep_stem": False}, 0),
         f"the same stem first trained alone on {stem_steps:,} steps of character crops (`make pretrain`'s stage 0)": (
-            {},
+            {"deep_stem": False},
             stem_steps,
         ),
+        "five layers, a stride-1 convolution after each stride-2 one but the last (`deep_stem`, the tiny preset), "
+        "after the same stage 0": ({}, stem_steps),
     }
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

@@ -49,22 +49,43 @@ def test_presets_build_and_generate(micro_config, tokenizer):
 def test_conv_stem_gives_the_patch_projection_grid(micro_config, tokenizer):
     """The stem is a drop-in for the patch projection: the same token grid and width, whatever the patch size."""
     for patch, width in ((4, 32), (8, 64), (16, 96)):
-        assert conv_stem(patch, width)(torch.zeros(2, 3, 320, 240)).shape == (
-            2,
-            width,
-            320 // patch,
-            240 // patch,
-        )
+        for deep in (False, True):
+            assert conv_stem(patch, width, deep)(torch.zeros(2, 3, 320, 240)).shape == (
+                2,
+                width,
+                320 // patch,
+                240 // patch,
+            )
     with pytest.raises(ValueError, match="patch size"):
         conv_stem(6, 64)
-    model, _ = build_model(micro_config, tokenizer)
-    plain, _ = build_model(micro_config.with_overrides(conv_stem=False), tokenizer)
+    models = {
+        "deep": build_model(micro_config, tokenizer)[0],
+        "shallow": build_model(micro_config.with_overrides(deep_stem=False), tokenizer)[0],
+        "plain": build_model(micro_config.with_overrides(conv_stem=False), tokenizer)[0],
+    }
     pixel_values, _ = inputs(micro_config, tokenizer)
     with torch.no_grad():
-        shapes = {m.encoder(pixel_values=pixel_values).last_hidden_state.shape for m in (model, plain)}
-    assert len(shapes) == 1 and isinstance(
-        plain.encoder.embeddings.patch_embeddings.projection, torch.nn.Conv2d
-    )
+        shapes = {m.encoder(pixel_values=pixel_values).last_hidden_state.shape for m in models.values()}
+    assert len(shapes) == 1
+    assert {name: describe(m)["stem_convolutions"] for name, m in models.items()} == {
+        "deep": 5,
+        "shallow": 3,
+        "plain": 1,
+    }
+
+
+def test_a_saved_stem_loads_with_its_own_depth(micro_config, tokenizer, tmp_path):
+    """A config saved before `deep_stem` existed (the shipped base's) loads as the three-layer stem it was
+    trained with; a deep stem loads deep."""
+    for deep in (False, True):
+        model, processor = build_model(micro_config.with_overrides(deep_stem=deep), tokenizer)
+        save_model(model, processor, tmp_path / str(deep))
+        if not deep:
+            saved = json.loads((tmp_path / "False" / "config.json").read_text())
+            del saved["encoder"]["deep_stem"]
+            (tmp_path / "False" / "config.json").write_text(json.dumps(saved))
+        loaded, _ = load_pretrained(tmp_path / str(deep))
+        assert describe(loaded)["stem_convolutions"] == (5 if deep else 3)
 
 
 def test_save_and_load_pretrained_from_a_local_path_is_exact(micro_config, tokenizer, tmp_path):

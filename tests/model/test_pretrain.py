@@ -121,7 +121,7 @@ def test_make_pretrain_smoke_exports_a_base_that_loads(tmp_path):
     held_out = json.loads((base / "scores.json").read_text())["holdout"]
     assert f"TED accuracy {held_out['ted_accuracy']:.3f}" in card
     assert 1 <= result["kept_step"] <= 6 and f"the checkpoint kept is step {result['kept_step']}'s" in card
-    assert "through a stem of 3x3 convolutions" in card  # the tiny preset's
+    assert "through a 5-layer stem of 3x3 convolutions" in card  # the tiny preset's deep stem
     assert "4 steps of the convolution stem alone naming single characters" in card  # curriculum stage 0
 
     assert f"model FLOP utilisation {result['throughput']['model_flops_utilisation']:.0%}" in card
