@@ -22,7 +22,7 @@ from typing import Any
 from training.evaluate import flat_scores, load_examples
 from training.synth.generate import GeneratorConfig, generate_dataset
 from training.synth.render import LAYOUTS
-from training.train import TrainConfig, evaluate_model, run_params, task_at, train
+from training.train import TrainConfig, evaluate_model, run_params, runs_stem_stage, task_at, train
 
 BASE_DIR = Path(__file__).resolve().parent / "base"  # shipped with the code
 MAX_BASE_MB = 40
@@ -372,7 +372,7 @@ def _throughput_line(figures: dict[str, float]) -> str:
 
 def _stem_stage(config: PretrainConfig, summary: dict[str, Any]) -> str:
     """The card's words for curriculum stage 0, where it ran: a fresh model with a convolution stem."""
-    if not (config.stem_steps and config.init is None and summary["conv_stem"]):
+    if not runs_stem_stage(config.train_config(), summary["conv_stem"]):
         return ""
     return f"{config.stem_steps} steps of the convolution stem alone naming single characters (crops), then "
 

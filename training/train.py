@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,11 @@ class InvoicePages(Dataset):
         start = tokenizer.convert_tokens_to_ids(TASK_TOKENS[task])
         return torch.tensor([start, *ids]), torch.tensor([*ids, tokenizer.eos_token_id])
 
+    @cached_property
+    def lined(self) -> list[int]:
+        """The pages whose metadata has line boxes, which bands and character crops are cut from."""
+        return [index for index, example in enumerate(self.examples) if example.meta.get("lines")]
+
     def page_lines(self, index: int) -> list[Line] | None:
         """The page's text lines (top, left, bottom, right, text) in pixels of the preprocessed page; None when
         its metadata has no line boxes."""
@@ -200,12 +206,11 @@ class InvoicePages(Dataset):
         """`size` crops (3, 3 * stride, 3 * stride) around single characters of random pages with line boxes, each
         character's centre at a random place in the middle `stride` cell, and their glyph classes (`train_stem`).
         Up to 32 characters per page, so a batch still sees many fonts and degradations."""
-        candidates = [i for i, e in enumerate(self.examples) if e.meta.get("lines")]
-        if not candidates:
+        if not self.lined:
             raise ValueError("no page has line boxes to crop characters from")
         crops, classes = [], []
         while len(crops) < size:
-            index = rng.choice(candidates)
+            index = rng.choice(self.lined)
             page, lines = self.pixels(index), self.page_lines(index) or []
             inked = [(line, at) for line in lines for at, ink in enumerate(line[4]) if not ink.isspace()]
             for line, at in rng.sample(inked, min(32, len(inked), size - len(crops))):
@@ -271,10 +276,9 @@ class InvoicePages(Dataset):
     ) -> dict[str, torch.Tensor] | None:
         """`size` bands from random pages with line boxes, guided (see `guided_collate`); None when no page has
         line boxes."""
-        candidates = [i for i, e in enumerate(self.examples) if e.meta.get("lines")]
-        if not candidates:
+        if not self.lined:
             return None
-        crops = [self.crop(rng.choice(candidates), height, rng) for _ in range(size)]
+        crops = [self.crop(rng.choice(self.lined), height, rng) for _ in range(size)]
         read = [line_characters(lines) for _, lines in crops]
         return self.guided_collate(
             [band for band, _ in crops],
@@ -464,10 +468,16 @@ def reading_guide(config: TrainConfig, model, examples: list[Example]) -> Readin
     return ReadingGuide(model.encoder.config.hidden_size).to(next(model.parameters()).device)
 
 
+def runs_stem_stage(config: TrainConfig, conv_stem: bool) -> bool:
+    """Whether `config` starts with curriculum stage 0: it asks for stem steps, its model is fresh (no `base`)
+    and has a convolution stem."""
+    return bool(config.stem_steps and config.base is None and conv_stem)
+
+
 def stem_stage(config: TrainConfig, model, dataset: InvoicePages, log: Callback, progress: bool) -> None:
     """Curriculum stage 0 for a fresh model with a convolution stem: the stem learns glyphs on character crops
     (`train_stem`) before the whole model trains; logs the share it names right as `stem_glyph_accuracy`."""
-    if not (config.stem_steps and config.base is None and getattr(model.encoder.config, "conv_stem", False)):
+    if not runs_stem_stage(config, getattr(model.encoder.config, "conv_stem", False)):
         return
     stride = model.encoder.config.patch_size
     bar = tqdm(total=config.stem_steps, desc="stem glyphs", unit="step", disable=not progress)
