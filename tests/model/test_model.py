@@ -75,7 +75,7 @@ def test_conv_stem_gives_the_patch_projection_grid(micro_config, tokenizer):
 
 
 def test_a_saved_stem_loads_with_its_own_depth(micro_config, tokenizer, tmp_path):
-    """A config saved before `deep_stem` existed (the shipped base's) loads as the three-layer stem it was
+    """A config saved before `deep_stem` existed (the bases shipped before it) loads as the three-layer stem it was
     trained with; a deep stem loads deep."""
     for deep in (False, True):
         model, processor = build_model(micro_config.with_overrides(deep_stem=deep), tokenizer)
