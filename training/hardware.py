@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import platform
 import re
@@ -41,6 +42,24 @@ def bf16_supported() -> bool:
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
     return bool({"avx512_bf16", "amx_bf16"} & _cpuinfo()[1])
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+@cache
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed memory for reuse instead of handing it back to the kernel. A training step
+    frees and allocates the same large activations every step; by default each is a fresh mmap whose pages the
+    kernel zero-fills again (make bench, allocator rows). Costs some resident memory. False where the C library
+    is not glibc (nothing changed)."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    largest = ctypes.c_int(2**31 - 1)  # mallopt takes an int: allocations up to 2 GiB come from the heap
+    return bool(mallopt(_M_MMAP_THRESHOLD, largest) and mallopt(_M_TRIM_THRESHOLD, largest))
 
 
 def autocast(enabled: bool = True) -> contextlib.AbstractContextManager:

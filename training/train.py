@@ -519,6 +519,7 @@ def batch_loss(
 def train(config: TrainConfig, log: Callback | None = None, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) training; `log(kind, values, step)` receives "step" and "eval" metrics as they come."""
     log = log or (lambda kind, values, step: None)
+    hardware.keep_freed_memory()
     seed_everything(config.seed)
     output = Path(config.output)
     model, processor, train_examples, eval_examples = prepare(config)

@@ -163,6 +163,52 @@ def training_throughput(
     return batch_size / seconds, flops, seconds
 
 
+JEMALLOC = Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+
+
+def _allocator_case(config, tokenizer, keep_freed: bool) -> dict[str, float]:
+    """Training throughput in this process, after `hardware.keep_freed_memory` where asked, with the process's
+    system CPU seconds per step (page faults of fresh memory) and its peak resident memory."""
+    import resource
+
+    from training.hardware import keep_freed_memory
+
+    if keep_freed:
+        keep_freed_memory()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_stime
+    samples, _, seconds = training_throughput(config, tokenizer, True, steps=8)  # + FLOP count, warm-up: 10
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "seconds": seconds,
+        "samples": samples,
+        "sys": (usage.ru_stime - before) / 10,
+        "rss_mb": usage.ru_maxrss / 1024,
+    }
+
+
+def allocator_rows(config, tokenizer) -> list[str]:
+    """The same training steps in fresh processes under glibc malloc's defaults, with freed memory kept (what
+    `train` does) and, where installed, under jemalloc: an allocator is chosen once per process."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from unittest import mock
+
+    cases = [("glibc malloc, defaults", False, {}), ("glibc malloc, freed memory kept (`train`)", True, {})]
+    if JEMALLOC.exists():
+        cases.append(("jemalloc (LD_PRELOAD)", False, {"LD_PRELOAD": str(JEMALLOC)}))
+    rows = []
+    for name, keep_freed, env in cases:
+        with (
+            mock.patch.dict(os.environ, env),
+            ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool,
+        ):
+            case = pool.submit(_allocator_case, config, tokenizer, keep_freed).result()
+        rows.append(
+            f"| {name} | {case['seconds']:.2f} | {case['samples']:.2f} | {case['sys']:.2f} | {case['rss_mb']:.0f} |"
+        )
+    return rows
+
+
 def batch_assembly_seconds(config, tokenizer, batch_size: int = 4, repeats: int = 20) -> float:
     """Main-thread cost of one training batch from the preprocessing cache (uint8 pages already resized):
     what moving data loading off the main thread could save per step at most."""
@@ -671,6 +717,7 @@ def bench_model() -> str:
             f"| {name} | {config.image_size[0]}x{config.image_size[1]} | {precision} | {seconds:.2f} | "
             f"{samples:.2f} | {flops / 1e9:.0f} | {achieved / 1e9:.1f} | {achieved / peak[precision]:.0%} |"
         )
+    allocators = "\n".join(allocator_rows(tiny, tokenizer))
     assembly = batch_assembly_seconds(tiny, tokenizer)
     latency = [(batch, decode_latency(tiny, tokenizer, batch)) for batch in (1, 8)]
     table = "\n".join(rows)
@@ -689,6 +736,14 @@ is on only where the CPU has AVX-512-BF16 or AMX ({"here: yes" if bf16_supported
 | variant | input (HxW) | precision | s per step | samples/s | GFLOP per step | achieved GFLOP/s | of matmul peak |
 |---|---|---|---|---|---|---|---|
 {table}
+
+Allocator: the first row's training steps (8 of them) in a fresh process per allocator. Training frees and
+reallocates the same large activations every step; glibc's defaults hand each back to the kernel and fault
+fresh zeroed pages in again, which shows as system CPU time.
+
+| allocator | s per step | samples/s | system CPU-s per step | peak RSS (MB) |
+|---|---|---|---|---|
+{allocators}
 
 Batch assembly from the preprocessing cache (pages resized once and kept as uint8, normalised per batch):
 {assembly * 1000:.0f} ms per batch of 4 on the main thread, the most a background data loader could save per
