@@ -168,7 +168,8 @@ JEMALLOC = Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
 
 def _allocator_case(config, tokenizer, keep_freed: bool) -> dict[str, float]:
     """Training throughput in this process, after `hardware.keep_freed_memory` where asked, with the process's
-    system CPU seconds per step (page faults of fresh memory) and its peak resident memory."""
+    system CPU seconds per step (page faults of fresh memory) and its peak resident memory (VmHWM: getrusage's
+    ru_maxrss survives exec, so a spawned process would report its parent's)."""
     import resource
 
     from training.hardware import keep_freed_memory
@@ -177,13 +178,9 @@ def _allocator_case(config, tokenizer, keep_freed: bool) -> dict[str, float]:
         keep_freed_memory()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_stime
     samples, _, seconds = training_throughput(config, tokenizer, True, steps=8)  # + FLOP count, warm-up: 10
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return {
-        "seconds": seconds,
-        "samples": samples,
-        "sys": (usage.ru_stime - before) / 10,
-        "rss_mb": usage.ru_maxrss / 1024,
-    }
+    system = resource.getrusage(resource.RUSAGE_SELF).ru_stime - before
+    peak_kb = re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)
+    return {"seconds": seconds, "samples": samples, "sys": system / 10, "rss_mb": int(peak_kb) / 1024}
 
 
 def allocator_rows(config, tokenizer) -> list[str]:
