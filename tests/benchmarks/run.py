@@ -164,6 +164,7 @@ def training_throughput(
 
 
 JEMALLOC = Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+ALLOCATOR_STEPS = 8
 
 
 def _allocator_case(config, tokenizer, keep_freed: bool) -> dict[str, float]:
@@ -177,10 +178,11 @@ def _allocator_case(config, tokenizer, keep_freed: bool) -> dict[str, float]:
     if keep_freed:
         keep_freed_memory()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_stime
-    samples, _, seconds = training_throughput(config, tokenizer, True, steps=8)  # + FLOP count, warm-up: 10
+    samples, _, seconds = training_throughput(config, tokenizer, True, steps=ALLOCATOR_STEPS)
     system = resource.getrusage(resource.RUSAGE_SELF).ru_stime - before
+    passes = ALLOCATOR_STEPS + 2  # the timed steps, the FLOP count's forward and backward, the warm-up step
     peak_kb = re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)
-    return {"seconds": seconds, "samples": samples, "sys": system / 10, "rss_mb": int(peak_kb) / 1024}
+    return {"seconds": seconds, "samples": samples, "sys": system / passes, "rss_mb": int(peak_kb) / 1024}
 
 
 def allocator_rows(config, tokenizer) -> list[str]:
@@ -734,7 +736,7 @@ is on only where the CPU has AVX-512-BF16 or AMX ({"here: yes" if bf16_supported
 |---|---|---|---|---|---|---|---|
 {table}
 
-Allocator: the first row's training steps (8 of them) in a fresh process per allocator. Training frees and
+Allocator: the first row's training steps ({ALLOCATOR_STEPS} of them) in a fresh process per allocator. Training frees and
 reallocates the same large activations every step; glibc's defaults hand each back to the kernel and fault
 fresh zeroed pages in again, which shows as system CPU time.
 

@@ -36,18 +36,16 @@ def test_keep_freed_memory_keeps_a_freed_tensor_s_pages_in_the_process():
     """`hardware.keep_freed_memory` (what `train` calls first): a freed 200 MB tensor stays resident for the next
     step's allocations, where glibc's defaults hand it back to the kernel."""
     code = (
-        "import sys, torch\n"
+        "import torch\n"
         "from training.hardware import keep_freed_memory\n"
-        "kept = keep_freed_memory() if sys.argv[1] == 'keep' else False\n"
+        "kept = keep_freed_memory() if mode == 'keep' else False\n"
         "tensor = torch.ones(50_000_000)\n"
         "del tensor\n"
         "print(kept, int(open('/proc/self/statm').read().split()[1]) * 4096)\n"
     )
     resident = {}
     for mode in ("keep", "default"):
-        result = subprocess.run(
-            [str(ML_PYTHON), "-c", code, mode], capture_output=True, text=True, check=False
-        )
+        result = python(ML_PYTHON, f"mode = {mode!r}\n{code}")
         assert result.returncode == 0, result.stderr
         kept, resident[mode] = result.stdout.split()
         assert kept == str(mode == "keep")
