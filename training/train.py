@@ -508,7 +508,8 @@ def batch_loss(
     """A batch's training loss, the guidance losses added where the batch has their targets, and those terms."""
     target = next(model.parameters()).device
     batch = {k: v.to(target) for k, v in batch.items()}
-    batch["pixel_values"] = batch["pixel_values"].contiguous(memory_format=torch.channels_last)  # as the model's
+    # Pixels channels-last, like the convolutions of a model `to_training_device` placed.
+    batch["pixel_values"] = batch["pixel_values"].contiguous(memory_format=torch.channels_last)
     where, glyphs = batch.pop("where", None), batch.pop("glyphs", None)
     guided = guide is not None and where is not None
     with autocast(config.bf16):
