@@ -158,10 +158,11 @@ def field_scores(model_dir: Path, folder: Path) -> dict[str, Any]:
 def _training_step(config: TrainConfig) -> Callable[[str, int], None]:
     """A forward and backward pass of the run's model on `size` bands ("crops") or the first `size` pages (a page
     task: "invoice", "reading"): what the batch fitting and the FLOP count run."""
-    from training.train import InvoicePages, batch_loss, prepare, reading_guide, to_training_device
+    from training.hardware import device
+    from training.train import InvoicePages, batch_loss, prepare, reading_guide
 
     model, processor, examples, _ = prepare(config)
-    to_training_device(model).train()
+    model.to(device()).train()
     guide = reading_guide(config, model, examples)
     pages = InvoicePages(examples, processor, model.generation_config.max_length)
 

@@ -496,20 +496,12 @@ def stem_stage(config: TrainConfig, model, dataset: InvoicePages, log: Callback,
     log("step", {"stem_glyph_accuracy": named}, 0)
 
 
-def to_training_device(model: torch.nn.Module) -> torch.nn.Module:
-    """The model on the training device with channels-last (NHWC) convolutions: the full-resolution stem trains
-    ~10% faster per step on AVX-512 and AMX CPUs (make bench, channels-last row); checkpoints save the same."""
-    return model.to(device(), memory_format=torch.channels_last)
-
-
 def batch_loss(
     model, guide: ReadingGuide | None, batch: dict[str, torch.Tensor], config: TrainConfig
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """A batch's training loss, the guidance losses added where the batch has their targets, and those terms."""
     target = next(model.parameters()).device
     batch = {k: v.to(target) for k, v in batch.items()}
-    # Pixels channels-last, like the convolutions of a model `to_training_device` placed.
-    batch["pixel_values"] = batch["pixel_values"].contiguous(memory_format=torch.channels_last)
     where, glyphs = batch.pop("where", None), batch.pop("glyphs", None)
     guided = guide is not None and where is not None
     with autocast(config.bf16):
@@ -531,7 +523,7 @@ def train(config: TrainConfig, log: Callback | None = None, progress: bool = Tru
     seed_everything(config.seed)
     output = Path(config.output)
     model, processor, train_examples, eval_examples = prepare(config)
-    to_training_device(model)
+    model.to(device())
     max_length = model.generation_config.max_length
     dataset = InvoicePages(train_examples, processor, max_length)
     eval_subset = eval_examples[: config.eval_samples]

@@ -121,33 +121,3 @@ def test_reading_curriculum_targets_the_page_transcript(handful, train_config, t
 
 def torch_equal(a, b) -> bool:
     return bool((a == b).all())
-
-
-def test_channels_last_training_gives_the_default_layout_s_loss_and_gradients():
-    """`train` runs the model and pixels channels-last for speed: the same numbers as the default layout."""
-    import copy
-
-    import torch
-
-    from training.model import PRESETS, build_model
-    from training.pretrain import BASE_DIR
-    from training.tokenizer import load_tokenizer
-    from training.train import batch_loss, to_training_device
-
-    torch.manual_seed(0)
-    default, _ = build_model(PRESETS["tiny"].with_overrides(image_size=(320, 320)), load_tokenizer(BASE_DIR))
-    nhwc = to_training_device(copy.deepcopy(default))
-    stem = nhwc.encoder.embeddings.patch_embeddings.projection
-    assert any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) for p in stem.parameters())
-    batch = {"pixel_values": torch.randn(2, 3, 320, 320), "labels": torch.randint(10, 500, (2, 12))}
-    config = TrainConfig(data="unused", output="unused", bf16=False)
-    losses = []
-    for model in (default, nhwc):
-        torch.manual_seed(1)  # the same dropout
-        loss, _ = batch_loss(model, None, dict(batch), config)
-        loss.backward()
-        losses.append(loss.item())
-    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
-    for (name, a), b in zip(default.named_parameters(), nhwc.parameters(), strict=True):
-        if a.grad is not None:
-            assert torch.allclose(a.grad, b.grad, rtol=1e-3, atol=1e-6), name
